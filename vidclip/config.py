@@ -1,0 +1,381 @@
+"""Typed configuration: dataclass defaults ⊕ architecture file ⊕ experiment YAML ⊕ ``key=value`` overrides.
+
+Every block is a dataclass with one comment per field; unknown keys and wrong types raise :class:`ConfigError`
+naming the key and the valid choices. ``load_config`` is the only merge chain; ``save_config`` records the result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .errors import ConfigError
+
+_logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "models" / "model_configs"
+
+
+# ----------------------------------------------------------------------------------------------------- model blocks
+@dataclass
+class ClipCfg:
+    model_name: str = "ViT-B-32"  # open_clip architecture name (used when vision_cfg/text_cfg are not given)
+    embed_dim: Optional[int] = None  # inline architecture: joint embedding width (tiny test models)
+    vision_cfg: Optional[Dict[str, Any]] = None  # inline architecture: open_clip CLIPVisionCfg fields
+    text_cfg: Optional[Dict[str, Any]] = None  # inline architecture: open_clip CLIPTextCfg fields
+    quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
+
+
+@dataclass
+class PromptCubeCfg:
+    enabled: bool = False  # Prompt Switch: frames x prompts x width cube inside the visual tower
+    num_prompts: int = 6  # P: prompts per frame, also the number of frames in one chunk
+    init_std: Optional[float] = None  # None: width**-0.5 * 0.02 as the reference code (about 7.2e-4 at 768)
+    caption_loss_weight: float = 0.0  # auxiliary captioning loss weight (0.5 in the reference), 0 disables it
+    caption_layers: int = 2  # transformer decoder layers of the auxiliary captioner
+    frequent_word_weight: float = 0.25  # CE class weight of frequent words in the captioning loss
+
+
+@dataclass
+class TemporalCfg:
+    type: str = "mean"  # "mean": frames pass unchanged and the head pools them | "seq_transformer" (CLIP4Clip)
+    num_layers: int = 4  # sequence transformer depth (initialised from CLIP text blocks 0..num_layers-1)
+    init_from_text: bool = True  # copy CLIP text blocks and positional embeddings into the sequence transformer
+
+
+@dataclass
+class HeadCfg:
+    name: str = "vifi"  # alignment head: vifi | glscl | ucofia | norton (see vidclip.heads)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # head constructor arguments, validated by the head
+
+
+@dataclass
+class ModelCfg:
+    arch: Optional[str] = None  # architecture file in vidclip/models/model_configs (e.g. glscl-B-32) or a YAML path
+    pretrained: Optional[str] = None  # open_clip tag ("openai") or a local checkpoint path; None = random init
+    clip: ClipCfg = field(default_factory=ClipCfg)
+    context_length: int = 32  # text tokens incl. SOT/EOT (32 MSR-VTT/MSVD, 64 DiDeMo, 77 max)
+    prompt: PromptCubeCfg = field(default_factory=PromptCubeCfg)
+    temporal: TemporalCfg = field(default_factory=TemporalCfg)
+    head: HeadCfg = field(default_factory=HeadCfg)
+    patch_tokens: bool = False  # also return patch tokens after ln_post @ proj (needed by token-level heads)
+    patch_shift_blocks: List[int] = field(default_factory=list)  # visual blocks with TS2-Net patch shift (UCoFiA: [10, 11])
+    patch_shift_div: int = 7  # patch shift: one in patch_shift_div tokens shifted each way
+    grad_checkpointing: bool = False  # recompute visual/text blocks in backward to save memory
+    logit_scale_max: float = 100.0  # clamp of exp(logit_scale)
+    precision: str = "fp32"  # weights: fp32 | fp16 (CLIP4Clip-style fp16 backbone for paper parity) | bf16
+
+
+# ------------------------------------------------------------------------------------------------------ data block
+@dataclass
+class DataCfg:
+    dataset: str = "custom"  # name written into reports (msrvtt, msvd, didemo, synthetic, custom)
+    videos_root: str = ""  # folder the data lists' relative paths resolve against
+    train_list: Optional[str] = None  # unified JSONL list used for training
+    val_list: Optional[str] = None  # held-out list for model selection during training (never the test list)
+    test_list: Optional[str] = None  # list evaluated by tools/eval_retrieval.py
+    num_frames: int = 12  # frames per training video
+    test_num_frames: Optional[int] = None  # frames per evaluation video (None: same as num_frames)
+    train_sampler: str = "uniform"  # uniform | clip4clip | segment_random | segment_center | prompt_switch
+    test_sampler: str = "uniform"  # as train_sampler; deterministic samplers only
+    sample_fps: float = 1.0  # clip4clip sampler: frames per second before the uniform slice
+    slice: str = "uniform"  # clip4clip sampler: head | tail | uniform slice when over budget (slice_framepos 0/1/2)
+    image_size: int = 224  # crop size S of the (T, 3, S, S) frames
+    train_augment: str = "none"  # none | crop_flip (random resized crop scale (0.5, 1) + horizontal flip)
+    caption_sampling: str = "random"  # training: random (one caption per video per epoch) | all (every pair)
+    reader_backend: str = "auto"  # auto | decord | pyav
+    num_workers: int = 2  # data-loader worker processes
+    max_videos: Optional[int] = None  # use only the first N videos of every list (quick runs)
+
+
+# --------------------------------------------------------------------------------------------------- train block
+@dataclass
+class LossCfg:
+    rectify_targets: bool = False  # Norton: OT-rectified soft targets for faulty negatives (works with any head)
+    rectify_beta: float = 0.3  # weight of the transport plan in the soft targets
+    rectify_epsilon: float = 1.0  # entropic regularisation of the rectifying Sinkhorn
+    rectify_iters: int = 50  # Sinkhorn iterations
+    aux_weight: float = 1.0  # global multiplier of every head auxiliary loss
+
+
+@dataclass
+class TrainCfg:
+    output_dir: str = "runs/default"  # run directory: config.yaml, checkpoints, logs, metrics
+    seed: int = 42  # global seed (data order, sampling, init)
+    epochs: int = 5  # passes over the training list
+    max_steps: Optional[int] = None  # optimiser steps; overrides epochs when set
+    batch_size: int = 32  # videos per process per micro-step
+    grad_accum_steps: int = 1  # micro-steps per optimiser step (adds no negatives to the contrastive loss)
+    lr: float = 1e-4  # learning rate of new modules (heads, temporal, prompts)
+    clip_lr: float = 1e-7  # learning rate of the CLIP backbone
+    weight_decay: float = 0.2  # AdamW decay (never on biases, norms, embeddings, logit scale, prompts)
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
+    eps: float = 1e-6  # AdamW epsilon
+    warmup_ratio: float = 0.1  # linear warm-up as a fraction of the total steps
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak learning rate
+    grad_clip: float = 1.0  # max gradient norm (0 disables)
+    mixed_precision: str = "no"  # no | fp16 | bf16 (through accelerate)
+    freeze_layers: int = -1  # freeze CLIP embeddings and the first N visual/text blocks (-1: freeze nothing)
+    val_every: int = 0  # validate every N optimiser steps (0: at the end of every epoch)
+    save_every: int = 0  # checkpoint every N optimiser steps (0: at the end of every epoch)
+    log_every: int = 10  # throughput line every N optimiser steps
+    keep_checkpoints: int = 2  # how many step checkpoints to keep besides 'latest'
+    tensorboard: bool = True  # log scalars through accelerate's TensorBoard tracker
+    select_on_test: bool = False  # allow validating on the test list (off: model selection never sees test)
+    loss: LossCfg = field(default_factory=LossCfg)
+
+
+# ---------------------------------------------------------------------------------------------------- eval block
+@dataclass
+class EvalCfg:
+    split: str = "test"  # which list of the data block to evaluate: test | val | train
+    mode: str = "clip4clip"  # clip4clip (published protocol, bit for bit) | strict (one rank per query, pessimistic)
+    multi_caption: str = "auto"  # auto | yes | no: treat several captions per video as the MSVD protocol
+    postprocess: str = "none"  # none | dsl_camoe | dsl_ts2net | dsl_clipvip | dsl_emcl | qbnorm | sknorm
+    query_bank_list: Optional[str] = None  # training-caption list for qbnorm / sknorm (never test queries)
+    query_bank_size: Optional[int] = None  # subsample the query bank to at most N captions
+    batch_size: int = 16  # videos per encoding batch
+    text_chunk: int = 256  # texts per similarity block
+    video_chunk: int = 256  # videos per similarity block
+    output: Optional[str] = None  # metrics.json path (default: <train.output_dir>/metrics.json)
+
+
+@dataclass
+class ExtractCfg:
+    shard_size: int = 256  # videos per safetensors shard
+    extensions: List[str] = field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".mov", ".webm", ".ogv", ".m4v"])
+    save_frames: bool = True  # also store the features the head needs for re-ranking
+    batch_size: int = 8  # videos per encoding batch
+
+
+@dataclass
+class Config:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    extract: ExtractCfg = field(default_factory=ExtractCfg)
+
+
+# Values with a closed set of choices (registries are checked where they live).
+CHOICES: Dict[str, Sequence[str]] = {
+    "model.temporal.type": ("mean", "seq_transformer"),
+    "model.precision": ("fp32", "fp16", "bf16"),
+    "data.train_sampler": ("uniform", "clip4clip", "segment_random", "segment_center", "prompt_switch"),
+    "data.test_sampler": ("uniform", "clip4clip", "segment_center", "prompt_switch"),
+    "data.slice": ("head", "tail", "uniform"),
+    "data.train_augment": ("none", "crop_flip"),
+    "data.caption_sampling": ("random", "all"),
+    "data.reader_backend": ("auto", "decord", "pyav"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "eval.split": ("test", "val", "train"),
+    "eval.mode": ("clip4clip", "strict"),
+    "eval.multi_caption": ("auto", "yes", "no"),
+    "eval.postprocess": ("none", "dsl_camoe", "dsl_ts2net", "dsl_clipvip", "dsl_emcl", "qbnorm", "sknorm"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------- merge chain
+def _valid_keys(node: Any) -> List[str]:
+    if dataclasses.is_dataclass(node):
+        return [f.name for f in dataclasses.fields(node)]
+    return []
+
+
+def _dataclass_at(dotted: str) -> Any:
+    """The dataclass type that owns ``dotted`` (e.g. 'model.head' -> HeadCfg)."""
+    node: Any = Config
+    for part in [p for p in dotted.split(".") if p]:
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            return node
+        ftype = fields[part].type
+        ftype = globals().get(ftype, ftype) if isinstance(ftype, str) else ftype
+        if not dataclasses.is_dataclass(ftype):
+            return node
+        node = ftype
+    return node
+
+
+def _to_config_error(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?"
+    parent = str(key).rsplit(".", 1)[0] if "." in str(key) else ""
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        valid = _valid_keys(_dataclass_at(parent))
+        return ConfigError(f"{source}: unknown config key '{key}'. Valid keys here: {', '.join(valid)}")
+    if isinstance(exc, ValidationError):
+        return ConfigError(f"{source}: wrong type for config key '{key}': {exc.msg if hasattr(exc, 'msg') else exc}")
+    return ConfigError(f"{source}: {exc}")
+
+
+def _read_yaml(path: Union[str, Path]) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}. Pass an existing YAML file (see configs/)")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: a config file must hold a mapping at the top level")
+    return _expand_bases(node, path.parent)
+
+
+def _expand_bases(node: DictConfig, base_dir: Path) -> DictConfig:
+    """Resolve ``_base_: file.yaml`` (or a list of files), relative to the including file."""
+    bases = node.pop("_base_", None)
+    if bases is None:
+        return node
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    merged = OmegaConf.create()
+    for base in bases:
+        merged = OmegaConf.merge(merged, _read_yaml(base_dir / base))
+    return OmegaConf.merge(merged, node)
+
+
+def resolve_arch_path(arch: str) -> Path:
+    """Path of an architecture file: a YAML path, or a name in ``vidclip/models/model_configs``."""
+    candidate = Path(arch)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    builtin = MODEL_CONFIG_DIR / f"{arch}.yaml"
+    if builtin.is_file():
+        return builtin
+    available = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"unknown model architecture '{arch}' (key model.arch). Available: {', '.join(available)}")
+
+
+def _merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as exc:
+        raise _to_config_error(exc, source) from exc
+
+
+def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got: {' '.join(bad)}")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"could not parse overrides {list(overrides)}: {exc}") from exc
+
+
+def load_config(
+        path: Union[str, Path, Sequence[Union[str, Path]], None] = None,
+        overrides: Sequence[str] = (),
+) -> DictConfig:
+    """Resolve a run configuration.
+
+    Order: dataclass defaults ⊕ architecture file named by ``model.arch`` ⊕ YAML file(s) ⊕ ``key=value`` overrides.
+
+    Args:
+        path: experiment YAML file, a list of them (merged in order), or None for defaults only.
+        overrides: dotlist such as ``["train.lr=1e-5", "model.arch=glscl-B-32"]``.
+
+    Returns:
+        A structured, validated ``DictConfig`` (attribute access, type-checked on assignment).
+
+    Raises:
+        ConfigError: unknown key, wrong type, invalid choice or impossible combination.
+    """
+    paths = [] if path is None else ([path] if isinstance(path, (str, Path)) else list(path))
+    layers = [(_read_yaml(p), str(p)) for p in paths]
+    layers.append((_parse_overrides(overrides), "overrides"))
+
+    probe = OmegaConf.structured(Config)
+    for layer, source in layers:
+        probe = _merge(probe, layer, source)
+
+    cfg = OmegaConf.structured(Config)
+    if probe.model.arch:
+        arch_path = resolve_arch_path(probe.model.arch)
+        cfg = _merge(cfg, {"model": _read_yaml(arch_path)}, str(arch_path))
+    for layer, source in layers:
+        cfg = _merge(cfg, layer, source)
+    validate_config(cfg)
+    return cfg
+
+
+def model_config_from_arch(arch: str, **overrides: Any) -> DictConfig:
+    """A structured ``ModelCfg`` from an architecture name or file, with optional field overrides."""
+    arch_path = resolve_arch_path(arch)
+    cfg = _merge(OmegaConf.structured(ModelCfg), _read_yaml(arch_path), str(arch_path))
+    cfg.arch = arch
+    if overrides:
+        cfg = _merge(cfg, overrides, "overrides")
+    return cfg
+
+
+def _check_choice(cfg: DictConfig, dotted: str, choices: Sequence[str]) -> None:
+    value = OmegaConf.select(cfg, dotted)
+    if value not in choices:
+        raise ConfigError(f"invalid value '{value}' for config key '{dotted}'. Valid choices: {', '.join(choices)}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check closed choices and impossible combinations before any work starts."""
+    for dotted, choices in CHOICES.items():
+        _check_choice(cfg, dotted, choices)
+    model, data = cfg.model, cfg.data
+    test_frames = data.test_num_frames or data.num_frames
+    if model.context_length < 3 or model.context_length > 77:
+        raise ConfigError(f"model.context_length={model.context_length} must be within 3..77 (CLIP's text length)")
+    if data.num_frames < 1:
+        raise ConfigError(f"data.num_frames={data.num_frames} must be at least 1")
+    if model.prompt.enabled:
+        p = model.prompt.num_prompts
+        for key, frames in (("data.num_frames", data.num_frames), ("data.test_num_frames", test_frames)):
+            if frames % p:
+                raise ConfigError(
+                    f"{key}={frames} is not a multiple of model.prompt.num_prompts={p}: the prompt cube works on "
+                    f"chunks of {p} frames. Set {key} to a multiple of {p} (e.g. {max(p, frames // p * p)})")
+    if model.patch_shift_blocks and data.num_frames != test_frames:
+        _logger.info("patch shift with different train/test frame counts: shift is applied per video, which is fine")
+    _validate_head(cfg)
+    if cfg.train.grad_accum_steps < 1:
+        raise ConfigError(f"train.grad_accum_steps={cfg.train.grad_accum_steps} must be at least 1")
+    if cfg.eval.postprocess in ("qbnorm", "sknorm") and not cfg.eval.query_bank_list and not data.train_list:
+        raise ConfigError(
+            f"eval.postprocess={cfg.eval.postprocess} needs a query bank of training captions: set "
+            "eval.query_bank_list (or data.train_list). Test queries are never used as a bank.")
+
+
+def _validate_head(cfg: DictConfig) -> None:
+    """Head name exists, its kwargs fit its constructor, and the encoder provides what it needs."""
+    try:
+        from . import heads  # noqa: F401  (registers the heads)
+        from .registry import HEADS
+    except ImportError:  # heads not importable (partial install): the factory reports it later
+        return
+    if not HEADS.names():
+        return
+    head_cls = HEADS.get(cfg.model.head.name)
+    check = getattr(head_cls, "check_config", None)
+    if check is not None:
+        check(cfg.model)
+
+
+def save_config(cfg: DictConfig, run_dir: Union[str, Path]) -> Path:
+    """Write the resolved config to ``<run_dir>/config.yaml`` atomically and return the path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "config.yaml"
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".config.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, target)
+    return target
+
+
+def to_container(cfg: DictConfig) -> Dict[str, Any]:
+    """Plain dict copy of a config (for JSON reports)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
