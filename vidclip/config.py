@@ -153,6 +153,7 @@ class ExtractCfg:
     extensions: List[str] = field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".mov", ".webm", ".ogv", ".m4v"])
     save_frames: bool = True  # also store the features the head needs for re-ranking
     batch_size: int = 8  # videos per encoding batch
+    dtype: str = "float16"  # storage dtype of cached features: float16 (half the disk) | float32 (bit-exact eval)
 
 
 @dataclass
@@ -178,6 +179,7 @@ CHOICES: Dict[str, Sequence[str]] = {
     "eval.split": ("test", "val", "train"),
     "eval.mode": ("clip4clip", "strict"),
     "eval.multi_caption": ("auto", "yes", "no"),
+    "extract.dtype": ("float16", "float32"),
     "eval.postprocess": ("none", "dsl_camoe", "dsl_ts2net", "dsl_clipvip", "dsl_emcl", "qbnorm", "sknorm"),
 }
 

@@ -1,0 +1,170 @@
+"""Text-to-video search: ``python tools/search.py --index DIR --query "text" [--k 10] [--rerank] [--html F] [--json]``.
+
+Stage 1: a FAISS index over the cached pooled embeddings (exact inner product by default; ``--index-type`` picks an
+approximate one for collections in the millions). Stage 2 (``--rerank``): the model's head re-scores the top
+``--rerank-k`` candidates on their cached frame/token features (GLSCL, UCoFiA and Norton need this; for the ViFi head
+it reproduces the coarse score). The index is saved next to the embeddings and rebuilt when the manifest changes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import load_config
+from ..heads.base import l2_normalize
+from .extract import CachedEmbeddings, load_embeddings
+
+_logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "sq8", "fp16", "hnsw", "ivf")
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    video_id: str
+    path: str
+    coarse_score: float
+
+
+def build_faiss_index(embeddings: np.ndarray, index_type: str = "flat", nlist: Optional[int] = None):
+    """A FAISS inner-product index over L2-normalised float32 rows.
+
+    Args:
+        embeddings: (N, D) float32, already normalised (inner product = cosine).
+        index_type: flat (exact) | fp16 / sq8 (scalar-quantised, exact scan of compressed codes) | hnsw | ivf.
+        nlist: IVF cells (default about 4 * sqrt(N)).
+    """
+    import faiss
+
+    n, d = embeddings.shape
+    if index_type == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif index_type in ("fp16", "sq8"):
+        qtype = faiss.ScalarQuantizer.QT_fp16 if index_type == "fp16" else faiss.ScalarQuantizer.QT_8bit
+        index = faiss.IndexScalarQuantizer(d, qtype, faiss.METRIC_INNER_PRODUCT)
+        index.train(embeddings)
+    elif index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    elif index_type == "ivf":
+        cells = nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
+        index.train(embeddings)
+        index.nprobe = max(1, cells // 16)
+    else:
+        raise ValueError(f"unknown index type '{index_type}'. Valid: {', '.join(INDEX_TYPES)}")
+    index.add(embeddings)
+    return index
+
+
+def _manifest_digest(directory: Path) -> str:
+    return hashlib.sha256((directory / "manifest.jsonl").read_bytes()).hexdigest()[:16]
+
+
+def load_or_build_index(directory: Path, pooled: np.ndarray, index_type: str):
+    """Reuse ``DIR/index_<type>.faiss`` when it was built from the same manifest, otherwise build and save it."""
+    import faiss
+
+    digest = _manifest_digest(directory)
+    path = directory / f"index_{index_type}.faiss"
+    stamp = path.with_suffix(".json")
+    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("manifest") == digest:
+        return faiss.read_index(str(path))
+    index = build_faiss_index(pooled, index_type)
+    try:
+        faiss.write_index(index, str(path))
+        stamp.write_text(json.dumps({"manifest": digest, "rows": int(pooled.shape[0])}))
+    except (OSError, RuntimeError) as exc:  # read-only index dir: search still works, index not cached
+        _logger.warning("could not save the index in %s (%s); it will be rebuilt next time", directory, exc)
+    return index
+
+
+class VideoSearcher:
+    """Loads extracted embeddings, the model that made them, and answers text queries."""
+
+    def __init__(self, directory: str, index_type: str = "flat", device: str = "cpu",
+                 checkpoint: Optional[str] = None):
+        from ..models.factory import create_model
+
+        self.directory = Path(directory)
+        self.cfg = load_config(self.directory / "config.yaml")
+        identity = json.loads((self.directory / "model.json").read_text())
+        pretrained = checkpoint or identity.get("checkpoint") or self.cfg.model.pretrained
+        self.videos_root = identity.get("videos_root", "")
+        self.device = torch.device(device)
+        self.model = create_model(self.cfg.model, pretrained=pretrained).to(self.device).eval()
+        self.cache: CachedEmbeddings = load_embeddings(str(self.directory))
+        if not self.cache.video_ids:
+            raise ValueError(f"{self.directory}: no successfully extracted videos to search")
+        pooled = l2_normalize(self.cache.features["pooled"].float()).numpy().astype(np.float32)
+        self.index = load_or_build_index(self.directory, pooled, index_type)
+
+    @torch.no_grad()
+    def search(self, query: str, k: int = 10, rerank: bool = False, rerank_k: int = 100) -> List[Hit]:
+        """Top-``k`` videos for ``query``; with ``rerank`` the head re-scores the top ``rerank_k`` first."""
+        from ..tokenizer import tokenize
+
+        tokens = tokenize([query], self.cfg.model.context_length).to(self.device)
+        text_feats = self.model.encode_text(tokens)
+        q = l2_normalize(text_feats["pooled"].float()).cpu().numpy().astype(np.float32)
+        depth = min(len(self.cache.video_ids), max(k, rerank_k if rerank else k))
+        coarse, rows = self.index.search(q, depth)
+        rows, coarse = rows[0][rows[0] >= 0], coarse[0][rows[0] >= 0]
+        scores = coarse
+        if rerank:
+            take = torch.as_tensor(rows, dtype=torch.long)
+            cand = {key: v.index_select(0, take).float().to(self.device) for key, v in self.cache.features.items()}
+            scores = self.model.similarity(text_feats, cand)[0].float().cpu().numpy()
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [Hit(rank=r + 1, score=float(scores[i]), video_id=self.cache.video_ids[rows[i]],
+                    path=self.cache.paths[rows[i]], coarse_score=float(coarse[i])) for r, i in enumerate(order)]
+
+    def resolve_path(self, hit: Hit) -> Path:
+        path = Path(hit.path)
+        return path if path.is_absolute() else Path(self.videos_root) / path
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="search", description=__doc__.split("\n")[0])
+    parser.add_argument("--index", required=True, help="directory written by tools/extract_embeddings.py")
+    parser.add_argument("--query", required=True, action="append", help="text query (repeat for several)")
+    parser.add_argument("--k", type=int, default=10, help="results per query")
+    parser.add_argument("--rerank", action="store_true", help="re-score the top candidates with the model's head")
+    parser.add_argument("--rerank-k", type=int, default=100, help="candidates re-scored with --rerank")
+    parser.add_argument("--index-type", default="flat", choices=INDEX_TYPES, help="FAISS index (flat = exact)")
+    parser.add_argument("--checkpoint", help="override the checkpoint recorded at extraction")
+    parser.add_argument("--html", help="write a self-contained results page with thumbnails")
+    parser.add_argument("--thumbnails", type=int, default=5, help="thumbnails per hit in the HTML page")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..logging_utils import setup_logging
+    from .search_html import write_results_page
+
+    setup_logging(level=logging.WARNING)
+    args = parse_args(argv)
+    searcher = VideoSearcher(args.index, args.index_type, checkpoint=args.checkpoint)
+    results = {q: searcher.search(q, args.k, args.rerank, args.rerank_k) for q in args.query}
+    if args.json:
+        print(json.dumps({q: [h.__dict__ for h in hits] for q, hits in results.items()}, indent=2))
+    else:
+        for query, hits in results.items():
+            print(f"query: {query}" + ("  (re-ranked)" if args.rerank else ""))
+            for h in hits:
+                print(f"  {h.rank:>3}  {h.score:8.4f}  {h.video_id:<30} {h.path}")
+    if args.html:
+        write_results_page(Path(args.html), results, searcher.resolve_path, args.thumbnails, args.rerank)
+        if not args.json:
+            print(f"results page: {args.html}")
+    return 0
