@@ -157,12 +157,26 @@ class ExtractCfg:
 
 
 @dataclass
+class DemoCfg:
+    out_dir: str = "demo_runs"  # where the demo writes data, runs, embeddings and the HTML page
+    recipes: List[str] = field(default_factory=list)  # experiment configs trained and evaluated in turn
+    data_dir: Optional[str] = None  # existing lists (<dir>/synthetic_{train,val,test}.jsonl); None: generate them
+    num_videos: Optional[int] = None  # synthetic training videos (None: generator default)
+    num_test_videos: Optional[int] = None  # synthetic test videos (None: generator default)
+    steps: Optional[int] = None  # optimiser steps per recipe (None: each recipe's own schedule)
+    overrides: List[str] = field(default_factory=list)  # key=value applied to every recipe
+    search_recipe: Optional[str] = None  # recipe whose model extracts embeddings and answers the queries
+    queries: List[str] = field(default_factory=list)  # text queries run through tools/search.py
+
+
+@dataclass
 class Config:
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     extract: ExtractCfg = field(default_factory=ExtractCfg)
+    demo: DemoCfg = field(default_factory=DemoCfg)
 
 
 # Values with a closed set of choices (registries are checked where they live).

@@ -115,8 +115,11 @@ def _multi_caption(cfg: DictConfig, dataset) -> bool:
 
 
 def evaluate(cfg: DictConfig, model, device: torch.device, embeddings: Optional[str] = None,
-             show_progress: bool = True) -> Dict[str, Any]:
-    """Evaluate ``model`` on ``cfg.eval.split`` and return the metrics report (no file written)."""
+             show_progress: bool = True, return_similarity: bool = False):
+    """Evaluate ``model`` on ``cfg.eval.split`` and return the metrics report (no file written).
+
+    With ``return_similarity`` the raw ``(N_texts, N_videos)`` matrix is returned too: ``(report, sim)``.
+    """
     start = time.time()
     split = cfg.eval.split
     if split == "test" and not cfg.data.test_list:
@@ -150,7 +153,7 @@ def evaluate(cfg: DictConfig, model, device: torch.device, embeddings: Optional[
     report["timing_s"] = {"videos": round(t_video - start, 3), "texts_and_similarity": round(t_sim - t_video, 3),
                           "total": round(time.time() - start, 3)}
     report.update(_peak_memory_mb(device))
-    return report
+    return (report, sim) if return_similarity else report
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
