@@ -1,0 +1,46 @@
+"""Run every benchmark (``make bench``; ``make bench ARGS=--quick`` for the under-10-minute mode).
+
+Each script prints its table and writes ``bench_results/<name>.json``; this runner also collects the printed tables
+into ``bench_results/REPORT.md`` (copy the tables you cite into BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["bench_loading.py", "bench_encoder.py", "bench_similarity.py", "bench_ot.py", "bench_search.py",
+           "bench_train.py"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
+    parser.add_argument("--only", nargs="*", help="run only these scripts (names without .py)")
+    args = parser.parse_args(argv)
+    out = Path("bench_results")
+    out.mkdir(exist_ok=True)
+    report, failures = [f"# vidclip benchmarks ({time.strftime('%Y-%m-%d %H:%M')})\n"], 0
+    for script in SCRIPTS:
+        if args.only and Path(script).stem not in args.only:
+            continue
+        cmd = [sys.executable, str(HERE / script)] + (["--quick"] if args.quick else [])
+        print(f"\n$ {' '.join(cmd)}", flush=True)
+        start = time.time()
+        proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
+        print(proc.stdout, end="")
+        if proc.returncode:
+            failures += 1
+            print(proc.stderr[-3000:], file=sys.stderr)
+        report.append(f"\n`{' '.join(['python', 'benchmarks/' + script] + cmd[2:])}` "
+                      f"({time.time() - start:.0f} s, exit {proc.returncode})\n\n{proc.stdout}")
+    (out / "REPORT.md").write_text("\n".join(report))
+    print(f"\nreport: {out / 'REPORT.md'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
