@@ -1,0 +1,160 @@
+"""Parameter groups, warm-up + cosine schedule, CLIP4Clip freezing and the logit-scale clamp, checked by hand."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from vidclip.engine.optim import (
+    clamp_logit_scale,
+    create_optimizer,
+    create_scheduler,
+    freeze_backbone_layers,
+    param_groups,
+    warmup_cosine,
+)
+
+
+def _block():
+    block = nn.Module()
+    block.ln_1 = nn.LayerNorm(4)
+    block.mlp = nn.Linear(4, 4)
+    return block
+
+
+class TinyTower(nn.Module):
+    """Parameter names as open_clip's towers have them."""
+
+    def __init__(self, vision: bool):
+        super().__init__()
+        if vision:
+            self.conv1 = nn.Conv2d(3, 4, 2, bias=False)
+            self.class_embedding = nn.Parameter(torch.zeros(4))
+            self.ln_pre = nn.LayerNorm(4)
+            self.ln_post = nn.LayerNorm(4)
+            self.proj = nn.Parameter(torch.zeros(4, 4))
+            self.prompt_cube = nn.Parameter(torch.zeros(2, 4))
+        else:
+            self.token_embedding = nn.Embedding(10, 4)
+            self.ln_final = nn.LayerNorm(4)
+            self.text_projection = nn.Parameter(torch.zeros(4, 4))
+        self.positional_embedding = nn.Parameter(torch.zeros(5, 4))
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.ModuleList([_block(), _block()])
+
+
+class TinyModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.frame_encoder = nn.Module()
+        self.frame_encoder.visual = TinyTower(vision=True)
+        self.text_encoder = TinyTower(vision=False)
+        self.temporal = nn.Module()
+        self.temporal.frame_position_embeddings = nn.Embedding(8, 4)
+        self.temporal.fc = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+
+BLOCK = ["ln_1.weight", "ln_1.bias", "mlp.weight", "mlp.bias"]
+V, T = "frame_encoder.visual.", "text_encoder."
+EXPECTED = {
+    "clip_decay": {V + "conv1.weight", V + "proj", T + "text_projection",
+                   *(f"{tower}transformer.resblocks.{i}.mlp.weight" for tower in (V, T) for i in (0, 1))},
+    "clip_no_decay": {V + "class_embedding", V + "positional_embedding", V + "ln_pre.weight", V + "ln_pre.bias",
+                      V + "ln_post.weight", V + "ln_post.bias", T + "token_embedding.weight",
+                      T + "positional_embedding", T + "ln_final.weight", T + "ln_final.bias",
+                      *(f"{tower}transformer.resblocks.{i}.{p}" for tower in (V, T) for i in (0, 1)
+                        for p in ("ln_1.weight", "ln_1.bias", "mlp.bias"))},
+    "new_decay": {"temporal.fc.weight", "head.weight"},
+    "new_no_decay": {V + "prompt_cube", "temporal.frame_position_embeddings.weight", "temporal.fc.bias",
+                     "head.bias", "logit_scale"},
+}
+
+
+def _train_cfg(**kw):
+    base = dict(lr=1e-4, clip_lr=1e-7, weight_decay=0.2, betas=[0.9, 0.98], eps=1e-6)
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_param_groups_split_backbone_and_decay():
+    model = TinyModel()
+    groups = {g["name"]: g for g in param_groups(model, lr=1e-4, clip_lr=1e-7, weight_decay=0.2)}
+    assert {k: set(g["param_names"]) for k, g in groups.items()} == EXPECTED
+    assert groups["clip_decay"]["lr"] == groups["clip_no_decay"]["lr"] == 1e-7
+    assert groups["new_decay"]["lr"] == groups["new_no_decay"]["lr"] == 1e-4
+    assert groups["clip_decay"]["weight_decay"] == groups["new_decay"]["weight_decay"] == 0.2
+    assert groups["clip_no_decay"]["weight_decay"] == groups["new_no_decay"]["weight_decay"] == 0.0
+    every = {n for n, _ in model.named_parameters()}
+    assert set().union(*EXPECTED.values()) == every, "every parameter lands in exactly one group"
+
+
+def test_optimizer_is_adamw_with_config_values():
+    opt = create_optimizer(TinyModel(), _train_cfg())
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(TinyModel().parameters()))
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 0.5), (1, 1.0),  # warm-up over 2 steps: (step + 1) / 2
+    (2, 1.0),  # cosine starts at the peak
+    (6, 0.1 + 0.9 * 0.5),  # half-way through 8 decay steps: cos(pi / 2) -> 0.5 of the range
+    (4, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2 / 8))),
+    (10, 0.1), (15, 0.1),  # floor at min_lr_ratio, also past the end
+])
+def test_warmup_cosine_values(step, expected):
+    assert warmup_cosine(step, total_steps=10, warmup_steps=2, min_lr_ratio=0.1) == pytest.approx(expected)
+
+
+def test_scheduler_drives_every_group():
+    model = TinyModel()
+    opt = create_optimizer(model, _train_cfg())
+    sched = create_scheduler(opt, total_steps=10, warmup_ratio=0.2, min_lr_ratio=0.1)
+    seen = []
+    for _ in range(10):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    peaks = {g["name"]: (1e-7 if g["name"].startswith("clip") else 1e-4) for g in opt.param_groups}
+    for step, lrs in enumerate(seen):
+        factor = warmup_cosine(step, 10, 2, 0.1)
+        for group, lr in zip(opt.param_groups, lrs):
+            assert lr == pytest.approx(peaks[group["name"]] * factor)
+    assert seen[0][0] > 0, "the first optimiser step already learns"
+
+
+def test_no_warmup_starts_at_peak():
+    assert warmup_cosine(0, total_steps=4, warmup_steps=0) == pytest.approx(1.0)
+    assert warmup_cosine(4, total_steps=4, warmup_steps=0) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("num_layers", [-1, 0, 1])
+def test_freeze_clip4clip_semantics(num_layers):
+    model = TinyModel()
+    frozen = set(freeze_backbone_layers(model, num_layers))
+    stem = {V + "conv1.weight", V + "class_embedding", V + "positional_embedding", V + "ln_pre.weight",
+            V + "ln_pre.bias", T + "token_embedding.weight", T + "positional_embedding"}
+    blocks = {f"{tower}transformer.resblocks.{i}.{p}" for tower in (V, T) for i in range(max(num_layers, 0))
+              for p in BLOCK}
+    expected = set() if num_layers < 0 else stem | blocks
+    assert frozen == expected
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters()} - expected
+    groups = param_groups(model, 1e-4, 1e-7, 0.2)
+    assert not set().union(*(g["param_names"] for g in groups)) & frozen, "frozen tensors are not optimised"
+
+
+def test_clamp_logit_scale():
+    model = TinyModel()
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    clamp_logit_scale(model, 100.0)
+    assert model.logit_scale.item() == pytest.approx(math.log(100.0))
+    with torch.no_grad():
+        model.logit_scale.fill_(-1.0)
+    clamp_logit_scale(model, 100.0)
+    assert model.logit_scale.item() == 0.0

@@ -1,0 +1,300 @@
+"""Atomic training checkpoints: ``<run>/checkpoints/step_<N>/`` plus a ``latest`` pointer.
+
+A checkpoint directory holds
+
+* ``model.safetensors``: the model weights alone (unwrapped names), metadata ``{"format": "vidclip", "arch",
+  "step", "model_config"}``; this is what evaluation, extraction and ``create_model(pretrained=...)`` read;
+* the rest of the training state written by ``accelerator.save_state`` (optimizer, scheduler, RNG states of every
+  process, grad scaler), which ``--resume`` restores;
+* ``trainer_state.json``: step, epoch, position in the epoch and counters of the loop.
+
+Writing is atomic: everything goes into ``checkpoints/.tmp_step_<N>/``, files and folder are fsynced, the folder
+is renamed to ``step_<N>``, and only then the ``latest`` file is replaced (write to a temp file, fsync,
+``os.replace``). A crash at any moment leaves ``latest`` pointing at a complete checkpoint; half-written temp
+folders are ignored by :func:`find_latest` and removed by the next save. Old step folders beyond ``keep`` are
+deleted after the new one is in place.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST_FILE = "latest"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.json"
+TMP_PREFIX = ".tmp_"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+PathLike = Union[str, Path]
+
+
+# ---------------------------------------------------------------------------------------------------- file helpers
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (directories: makes renames inside it durable)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync_path(Path(dirpath) / name)
+        _fsync_path(Path(dirpath))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+# --------------------------------------------------------------------------------------------------- model weights
+def _unshared_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors with no shared storage (safetensors refuses tied tensors)."""
+    seen: set = set()
+    out = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[name] = tensor.clone() if key in seen else tensor
+        seen.add(key)
+    return out
+
+
+def save_model_weights(model: torch.nn.Module, path: PathLike, step: int = 0, arch: str | None = None,
+                       model_config: dict[str, Any] | None = None) -> Path:
+    """Write ``model.state_dict()`` to a safetensors file with vidclip metadata."""
+    path = Path(path)
+    metadata = {"format": "vidclip", "arch": str(arch or ""), "step": str(int(step))}
+    if model_config is not None:
+        metadata["model_config"] = json.dumps(model_config)
+    save_file(_unshared_state_dict(model.state_dict()), str(path), metadata=metadata)
+    return path
+
+
+def read_weights_metadata(path: PathLike) -> dict[str, str]:
+    """The metadata dict of a safetensors file (empty when it has none)."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def resolve_model_weights(path: PathLike) -> Path:
+    """``model.safetensors`` of a run dir, a ``checkpoints`` dir, a step dir, or the file itself.
+
+    Raises:
+        CheckpointError: nothing loadable at ``path``.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if (path / MODEL_FILE).is_file():
+        return path / MODEL_FILE
+    latest = find_latest(path)
+    if latest is not None:
+        return latest / MODEL_FILE
+    raise CheckpointError(f"{path}: no {MODEL_FILE} and no complete checkpoint under {path}/{CHECKPOINTS_DIR}. "
+                          "Pass a run directory, a checkpoints/step_<N> directory or a .safetensors file")
+
+
+def load_model_weights(model: torch.nn.Module, path: PathLike, strict: bool = True) -> dict[str, str]:
+    """Load weights written by :func:`save_model_weights` into ``model``; returns the file's metadata."""
+    file = resolve_model_weights(path)
+    try:
+        state = load_file(str(file))
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{file}: cannot read weights ({exc}). The file is truncated or not safetensors") from exc
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{file}: weights do not fit the model: missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}. Was it trained with a different model.arch?")
+    return read_weights_metadata(file)
+
+
+# ------------------------------------------------------------------------------------------------- finding latest
+def checkpoints_dir(run_dir: PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def is_complete(step_dir: Path) -> bool:
+    """A step folder is complete when it was renamed into place with its model weights and trainer state."""
+    return step_dir.is_dir() and (step_dir / MODEL_FILE).is_file() and (step_dir / STATE_FILE).is_file()
+
+
+def list_checkpoints(run_dir: PathLike) -> list[Path]:
+    """Complete ``step_<N>`` folders of a run, oldest first (temp folders ignored)."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    steps = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and is_complete(p)]
+    return [p for _, p in sorted(steps)]
+
+
+def find_latest(run_dir: PathLike) -> Path | None:
+    """The newest complete checkpoint of a run (``latest`` pointer first), or None.
+
+    ``run_dir`` may also be the ``checkpoints`` folder itself or a step folder.
+    """
+    path = Path(run_dir)
+    if _STEP_RE.match(path.name) and is_complete(path):
+        return path
+    if path.name == CHECKPOINTS_DIR and not (path / CHECKPOINTS_DIR).exists():
+        path = path.parent
+    pointer = checkpoints_dir(path) / LATEST_FILE
+    if pointer.is_file():
+        target = checkpoints_dir(path) / pointer.read_text().strip()
+        if is_complete(target):
+            return target
+        _logger.warning("%s points at %s, which is missing or incomplete; using the newest complete checkpoint",
+                        pointer, target)
+    complete = list_checkpoints(path)
+    return complete[-1] if complete else None
+
+
+def read_trainer_state(step_dir: PathLike) -> dict[str, Any]:
+    path = Path(step_dir) / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read the trainer state ({exc})") from exc
+
+
+# ---------------------------------------------------------------------------------------------------------- saving
+class CheckpointManager:
+    """Saves and restores the full training state through an ``accelerate.Accelerator``.
+
+    The model weights are written once, as ``model.safetensors`` with vidclip metadata, instead of accelerate's
+    own copy (save/load pre-hooks take the model out of accelerate's state).
+    """
+
+    def __init__(self, accelerator, model: torch.nn.Module, run_dir: PathLike, keep: int = 2,
+                 arch: str | None = None, model_config: dict[str, Any] | None = None):
+        self.accelerator = accelerator
+        self.model = model
+        self.root = checkpoints_dir(run_dir)
+        self.keep = max(1, int(keep))
+        self.arch = arch
+        self.model_config = model_config
+        accelerator.register_save_state_pre_hook(self._skip_accelerate_model_save)
+        accelerator.register_load_state_pre_hook(self._load_model_weights_hook)
+
+    # accelerate hooks ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _skip_accelerate_model_save(models, weights, output_dir) -> None:
+        weights.clear()  # model weights are written by save() as model.safetensors
+
+    def _load_model_weights_hook(self, models, input_dir) -> None:
+        load_model_weights(self.accelerator.unwrap_model(self.model), Path(input_dir) / MODEL_FILE)
+        models.clear()
+
+    # saving -------------------------------------------------------------------------------------------------------
+    def save(self, step: int, trainer_state: dict[str, Any]) -> Path:
+        """Write ``step_<step>`` atomically on every process; returns its path.
+
+        Raises:
+            CheckpointError: the folder cannot be written (disk full, read-only); earlier checkpoints are intact.
+        """
+        acc = self.accelerator
+        final = self.root / f"step_{step}"
+        tmp = self.root / f"{TMP_PREFIX}step_{step}"
+        error = None
+        if acc.is_main_process:
+            error = self._guard(self._prepare_tmp, tmp)
+        acc.wait_for_everyone()
+        error = error or self._guard(acc.save_state, str(tmp))
+        errors = self._all_errors(error)
+        if not errors and acc.is_main_process:
+            error = self._guard(self._finish, tmp, final, step, trainer_state)
+        errors = errors or self._all_errors(error)
+        if errors:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(
+                f"could not write checkpoint {final}: {errors[0]}. Free disk space or set train.output_dir to a "
+                f"writable folder; earlier checkpoints in {self.root} are intact.")
+        if acc.is_main_process:
+            self._prune()
+        acc.wait_for_everyone()
+        _logger.info("saved checkpoint %s", final)
+        return final
+
+    @staticmethod
+    def _guard(fn, *args) -> str | None:
+        try:
+            fn(*args)
+        except OSError as exc:
+            return f"{exc.strerror or exc} ({exc.filename or ''})"
+        return None
+
+    def _all_errors(self, error: str | None) -> list[str]:
+        """Errors of every process (so that all of them raise together instead of hanging in a collective)."""
+        if self.accelerator.num_processes == 1:
+            return [error] if error else []
+        from accelerate.utils import gather_object
+
+        return [e for e in gather_object([error]) if e]
+
+    def _prepare_tmp(self, tmp: Path) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(f"{TMP_PREFIX}*"):  # left by a crash during an earlier save
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        tmp.mkdir()
+
+    def _finish(self, tmp: Path, final: Path, step: int, trainer_state: dict[str, Any]) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        save_model_weights(model, tmp / MODEL_FILE, step=step, arch=self.arch, model_config=self.model_config)
+        (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "step": step}, indent=2))
+        _fsync_tree(tmp)
+        aside = None
+        if final.exists():  # same step saved twice (e.g. epoch end == final): swap without a gap
+            aside = self.root / f"{TMP_PREFIX}old_{final.name}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
+        os.replace(tmp, final)
+        _fsync_path(self.root)
+        write_text_atomic(self.root / LATEST_FILE, final.name + "\n")
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+
+    def _prune(self) -> None:
+        complete = list_checkpoints(self.root.parent)
+        latest = find_latest(self.root.parent)
+        for old in complete[: max(0, len(complete) - self.keep)]:
+            if old != latest:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # loading ------------------------------------------------------------------------------------------------------
+    def load(self, step_dir: PathLike) -> dict[str, Any]:
+        """Restore model, optimizer, scheduler, scaler and RNG states; returns the trainer state."""
+        step_dir = Path(step_dir)
+        if not is_complete(step_dir):
+            raise CheckpointError(f"{step_dir}: not a complete vidclip checkpoint (needs {MODEL_FILE} and "
+                                  f"{STATE_FILE}). Use --resume auto to pick the newest complete one")
+        state = read_trainer_state(step_dir)
+        self.accelerator.load_state(str(step_dir))
+        _logger.info("resumed from %s (step %d)", step_dir, state.get("step", -1))
+        return state

@@ -1,0 +1,443 @@
+"""Training loop: ``python tools/train.py --config C [--resume [auto|PATH]] [key=value ...]``.
+
+The same script runs as one process or under ``accelerate launch --num_processes N`` (DDP; gloo with ``--cpu``).
+
+* Every process encodes its local batch; the model's ``forward(batch, gather)`` gathers the features of all
+  processes (with gradients, see :mod:`vidclip.distributed`) and computes the contrastive loss on the global batch
+  of ``N x train.batch_size`` pairs. DDP averages the parameter gradients, which equals one process on the whole
+  batch.
+* Gradient accumulation (``train.grad_accum_steps``) sums the gradients of several micro-batches before one
+  optimiser step. It does **not** add negatives: each micro-batch's contrastive loss only sees the pairs of that
+  micro-batch (times the number of processes). Use more processes or a bigger ``train.batch_size`` for more
+  negatives.
+* The data order depends only on ``train.seed`` and the epoch; ``--resume`` restores model, optimiser, LR
+  schedule, grad scaler and RNG states from the newest complete checkpoint and skips the batches of the current
+  epoch that were already seen, so the resumed run continues at the exact optimiser step.
+* Batches where every video failed to decode are skipped (on every process at once); failed videos are counted
+  and logged with their paths. A non-finite loss raises :class:`NonFiniteError` naming the step and loss term.
+* Outputs in ``train.output_dir``: ``config.yaml``, ``checkpoints/step_<N>/`` (+ ``latest``),
+  ``metrics_step_<N>.json`` and ``val_history.jsonl`` from validation on the held-out ``data.val_list`` (never the
+  test list unless ``train.select_on_test``), TensorBoard scalars in ``tensorboard/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from ..config import load_config, save_config, to_container
+from ..distributed import make_feature_gather
+from ..errors import CheckpointError, ConfigError, NonFiniteError
+from .checkpoint import CheckpointManager, find_latest
+from .optim import clamp_logit_scale, create_optimizer, create_scheduler, current_lrs, freeze_backbone_layers
+
+_logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------------ state
+@dataclass
+class TrainState:
+    """Where the loop is; saved in every checkpoint (``trainer_state.json``)."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # current epoch (incremented when its last batch has been consumed)
+    batch_in_epoch: int = 0  # loader batches of the current epoch consumed so far (skipped ones included)
+    samples_seen: int = 0  # training pairs seen by this process
+    failed_videos: int = 0  # videos of this process that failed to decode
+    skipped_batches: int = 0  # batches skipped because some process had no decodable video
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        known = {k: int(v) for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation that depends only on ``seed`` and the epoch (set with :meth:`set_epoch`)."""
+
+    def __init__(self, num_items: int, seed: int):
+        self.num_items = num_items
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_items
+
+
+# ------------------------------------------------------------------------------------------------------ set-up
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None,
+                        help="'auto' (default when given without value): newest checkpoint of train.output_dir, "
+                             "or a run directory / checkpoint folder")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    return parser.parse_args(argv)
+
+
+def create_accelerator(cfg: DictConfig):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import is_tensorboard_available
+
+    log_with = None
+    if cfg.train.tensorboard:
+        if is_tensorboard_available():
+            log_with = "tensorboard"
+        else:
+            _logger.warning("train.tensorboard=true but tensorboard is not installed: scalars go to the log only")
+    # CPU-only multi-process launches (torchrun / `accelerate launch --multi_gpu` without GPUs) need cpu=True for
+    # accelerate to pick the gloo backend instead of falling back to independent single processes.
+    cpu_distributed = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        cpu=cpu_distributed,
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with=log_with,
+        project_dir=cfg.train.output_dir,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def validation_list(cfg: DictConfig) -> str | None:
+    """The list used for model selection; refuses the test list unless ``train.select_on_test``."""
+    val, test = cfg.data.val_list, cfg.data.test_list
+    uses_test = bool(val) and bool(test) and Path(val).resolve() == Path(test).resolve()
+    if uses_test and not cfg.train.select_on_test:
+        raise ConfigError(
+            f"data.val_list={val} is the test list: selecting checkpoints on test data inflates results. Point "
+            "data.val_list at a held-out part of the training data, or set train.select_on_test=true to allow it")
+    if not val and cfg.train.select_on_test and test:
+        _logger.warning("validating on the TEST list %s (train.select_on_test=true)", test)
+        return test
+    return val or None
+
+
+def build_train_loader(cfg: DictConfig, dataset) -> DataLoader:
+    """Shuffled, ``drop_last`` loader whose order depends only on seed + epoch."""
+    from ..data.collate import make_collate
+
+    workers = cfg.data.num_workers
+    generator = torch.Generator().manual_seed(cfg.train.seed)  # worker base seeds; re-seeded every epoch
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=EpochShuffleSampler(len(dataset), cfg.train.seed),
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=make_collate(cfg.model.context_length),
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        generator=generator,
+    )
+
+
+def total_steps_for(cfg: DictConfig, batches_per_epoch: int) -> int:
+    """Optimiser steps of the run: ``train.max_steps`` or epochs x ceil(batches / accumulation)."""
+    if cfg.train.max_steps:
+        return int(cfg.train.max_steps)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
+    return max(1, cfg.train.epochs * steps_per_epoch)
+
+
+def _resume_dir(resume: str | None, run_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    target = run_dir if resume == "auto" else Path(resume)
+    found = find_latest(target)
+    if found is None and resume != "auto":
+        raise CheckpointError(f"--resume {resume}: no complete checkpoint there (looked for checkpoints/latest "
+                              "and step_<N> folders with model.safetensors and trainer_state.json)")
+    if found is None:
+        _logger.info("--resume auto: no checkpoint in %s yet, starting from scratch", run_dir)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------------ the loop
+class Trainer:
+    """Owns the prepared objects and runs the loop; one instance per run."""
+
+    def __init__(self, cfg: DictConfig, resume: str | None = None):
+        from accelerate.utils import set_seed
+
+        from .. import create_model
+        from ..data.builders import build_dataset
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.train.output_dir)
+        self.acc = acc = create_accelerator(cfg)
+        set_seed(cfg.train.seed)
+        self.val_list = validation_list(cfg)
+        self.dataset = build_dataset(cfg, "train", train=True)
+        loader = build_train_loader(cfg, self.dataset)
+        self.loader_generator = loader.generator  # accelerate's loader keeps the same object
+        model = create_model(cfg.model, pretrained=cfg.model.pretrained)
+        freeze_backbone_layers(model, cfg.train.freeze_layers)
+        optimizer = create_optimizer(model, cfg.train)
+        self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
+        self.batches_per_epoch = len(self.loader)
+        if self.batches_per_epoch == 0:
+            raise ConfigError(f"data.train_list has {len(self.dataset)} videos: fewer than one batch of "
+                              f"train.batch_size={cfg.train.batch_size} per process. Lower the batch size")
+        self.total_steps = total_steps_for(cfg, self.batches_per_epoch)
+        self.scheduler = create_scheduler(optimizer, self.total_steps, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
+        acc.register_for_checkpointing(self.scheduler)  # stepped once per optimiser step by us, not by accelerate
+        self.checkpoints = CheckpointManager(acc, self.model, self.run_dir, keep=cfg.train.keep_checkpoints,
+                                             arch=cfg.model.arch, model_config=to_container(cfg)["model"])
+        self.gather = make_feature_gather(acc)
+        self.state = TrainState()
+        resume_dir = _resume_dir(resume, self.run_dir)
+        if resume_dir is not None:
+            self.state = TrainState.from_dict(self.checkpoints.load(resume_dir))
+        if acc.is_main_process:
+            save_config(cfg, self.run_dir)
+        if acc.log_with:
+            acc.init_trackers("tensorboard")
+        self._window = _Window()
+
+    @property
+    def unwrapped(self):
+        return self.acc.unwrap_model(self.model)
+
+    # ---------------------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps``; returns the last validation report (empty without a val list)."""
+        acc, cfg, state = self.acc, self.cfg, self.state
+        _logger.info("training %d optimiser steps: %d batches/epoch/process, %d process(es), global batch %d, "
+                     "accumulation %d", self.total_steps, self.batches_per_epoch, acc.num_processes,
+                     cfg.train.batch_size * acc.num_processes, cfg.train.grad_accum_steps)
+        self.bar = tqdm(total=self.total_steps, initial=state.step, disable=not acc.is_local_main_process,
+                        desc="train", unit="step", dynamic_ncols=True)
+        report: dict[str, Any] = {}
+        last_val_step = last_save_step = -1
+        self.model.train()
+        while state.step < self.total_steps:
+            epoch_done = self._run_epoch()
+            if epoch_done and cfg.train.val_every == 0 and state.step < self.total_steps:
+                report, last_val_step = self.validate() or report, state.step
+            if epoch_done and cfg.train.save_every == 0 and state.step < self.total_steps:
+                self.save()
+                last_save_step = state.step
+        if last_val_step != state.step:
+            report = self.validate() or report
+        if last_save_step != state.step:
+            self.save()
+        self.bar.close()
+        acc.end_training()
+        _logger.info("done: %d steps, %d failed videos skipped, %d batches skipped", state.step,
+                     state.failed_videos, state.skipped_batches)
+        return report
+
+    def _epoch_loader(self):
+        from accelerate import skip_first_batches
+
+        epoch, seed = self.state.epoch, self.cfg.train.seed
+        self.loader.set_epoch(epoch)  # accelerate forwards it to EpochShuffleSampler
+        self.loader_generator.manual_seed(seed * 100003 + epoch)  # worker base seeds
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        if self.state.batch_in_epoch:
+            loader = skip_first_batches(self.loader, self.state.batch_in_epoch)
+            loader.set_epoch(epoch)
+            return loader
+        return self.loader
+
+    def _run_epoch(self) -> bool:
+        """Consume the rest of the current epoch (or stop at ``total_steps``); True when the epoch ended."""
+        state = self.state
+        t_last = time.perf_counter()
+        for batch in self._epoch_loader():
+            t_data = time.perf_counter() - t_last
+            state.batch_in_epoch += 1
+            stepped = self._train_batch(batch, t_data)
+            if state.batch_in_epoch >= self.batches_per_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            if stepped:
+                self._after_step()
+                if state.step >= self.total_steps:
+                    return state.batch_in_epoch == 0
+            t_last = time.perf_counter()
+        if state.batch_in_epoch != 0:  # the loader ended early (never with drop_last) : close the epoch
+            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        return True
+
+    def _train_batch(self, batch: dict[str, Any], t_data: float) -> bool:
+        """One micro-batch; True when it completed an optimiser step."""
+        acc, state = self.acc, self.state
+        failed = list(batch.get("failed") or [])
+        if failed:
+            state.failed_videos += len(failed)
+            _logger.warning("step %d: %d video(s) failed to decode and were skipped: %s", state.step + 1,
+                            len(failed), ", ".join(map(str, failed)))
+        rows = int(batch["video"].shape[0])
+        if self._fewest_rows(rows) == 0:
+            state.skipped_batches += 1
+            _logger.warning("step %d: skipping a batch: a process has no decodable video in it", state.step + 1)
+            return False
+        t0 = time.perf_counter()
+        with acc.accumulate(self.model):
+            losses = self.model(batch, gather=self.gather)
+            self._check_finite(losses)
+            acc.backward(losses["loss"])
+            if acc.sync_gradients and self.cfg.train.grad_clip > 0:
+                acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        state.samples_seen += rows
+        self._window.add(losses, rows * acc.num_processes, t_data, time.perf_counter() - t0)
+        if not acc.sync_gradients:
+            return False
+        if not acc.optimizer_step_was_skipped:
+            self.scheduler.step()
+        clamp_logit_scale(self.unwrapped, self.cfg.model.logit_scale_max)
+        state.step += 1
+        return True
+
+    def _fewest_rows(self, rows: int) -> int:
+        if self.acc.num_processes == 1:
+            return rows
+        counts = self.acc.gather(torch.tensor([rows], device=self.acc.device))
+        return int(counts.min().item())
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
+        name, value = next(iter(bad.items()))
+        raise NonFiniteError(f"optimiser step {self.state.step + 1}: loss term '{name}' is {value} "
+                             f"(non-finite terms: {bad}). Lower train.lr / train.clip_lr, check the data, or use "
+                             "train.mixed_precision=no")
+
+    def _after_step(self) -> None:
+        cfg, state = self.cfg, self.state
+        self.bar.update(1)
+        if self._window.count:
+            self.bar.set_postfix(loss=f"{self._window.last_loss:.4f}")
+        if state.step % max(1, cfg.train.log_every) == 0 or state.step == self.total_steps:
+            self._log_window()
+        if cfg.train.val_every and state.step % cfg.train.val_every == 0 and state.step < self.total_steps:
+            self.validate()
+        if cfg.train.save_every and state.step % cfg.train.save_every == 0 and state.step < self.total_steps:
+            self.save()
+
+    def _log_window(self) -> None:
+        summary = self._window.summary()
+        lrs = current_lrs(self.optimizer)
+        scalars = {f"train/{k}": v for k, v in summary["losses"].items()}
+        scalars.update({f"lr/{k}": v for k, v in lrs.items()})
+        scalars.update({"train/samples_per_s": summary["samples_per_s"], "train/data_s": summary["data_s"],
+                        "train/compute_s": summary["compute_s"],
+                        "train/logit_scale": float(self.unwrapped.logit_scale.detach().exp())})
+        losses = " ".join(f"{k} {v:.4f}" for k, v in summary["losses"].items())
+        lr_text = " ".join(f"{k} {v:.2e}" for k, v in lrs.items())
+        _logger.info("step %d/%d | %.1f samples/s | data %.3fs compute %.3fs per batch | lr %s | %s",
+                     self.state.step, self.total_steps, summary["samples_per_s"], summary["data_s"],
+                     summary["compute_s"], lr_text, losses)
+        self.acc.log(scalars, step=self.state.step)
+        self._window = _Window()
+
+    # ---------------------------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        return self.checkpoints.save(self.state.step, asdict(self.state))
+
+    def validate(self) -> dict[str, Any]:
+        """Retrieval metrics on the validation list (main process); writes metrics_step_<N>.json."""
+        if not self.val_list:
+            return {}
+        acc = self.acc
+        report: dict[str, Any] = {}
+        if acc.is_main_process:
+            report = run_validation(self.cfg, self.unwrapped, self.val_list, acc.device, self.state.step, self.run_dir)
+            acc.log({f"val/{d}_{k}": v for d in ("t2v", "v2t") for k, v in report[d].items()
+                     if isinstance(v, (int, float))}, step=self.state.step)
+        self.model.train()
+        acc.wait_for_everyone()
+        return report
+
+
+def run_validation(cfg: DictConfig, model, val_list: str, device: torch.device, step: int,
+                   run_dir: Path) -> dict[str, Any]:
+    """Evaluate ``model`` on ``val_list`` and record the result (``metrics_step_<N>.json``, ``val_history.jsonl``)."""
+    from .evaluate import evaluate, write_json_atomic
+
+    val_cfg = cfg.copy()
+    val_cfg.data.val_list = val_list
+    val_cfg.eval.split = "val"
+    was_training = model.training
+    report = evaluate(val_cfg, model, device, show_progress=False)
+    model.train(was_training)
+    report["step"] = step
+    write_json_atomic(report, run_dir / f"metrics_step_{step}.json")
+    line = {"step": step, "t2v": report["t2v"], "v2t": report["v2t"], "num_videos": report["num_videos"],
+            "num_failed_videos": report["num_failed_videos"]}
+    with open(run_dir / "val_history.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    _logger.info("validation at step %d on %s: t2v R@1 %.2f R@5 %.2f | v2t R@1 %.2f (%d videos)", step, val_list,
+                 report["t2v"]["R@1"], report["t2v"]["R@5"], report["v2t"]["R@1"], report["num_videos"])
+    return report
+
+
+class _Window:
+    """Running sums between two throughput lines."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.count = 0
+        self.samples = 0
+        self.data_s = 0.0
+        self.compute_s = 0.0
+        self.loss_sums: dict[str, float] = {}
+        self.last_loss = float("nan")
+
+    def add(self, losses: dict[str, torch.Tensor], samples: int, data_s: float, compute_s: float) -> None:
+        self.count += 1
+        self.samples += samples
+        self.data_s += data_s
+        self.compute_s += compute_s
+        for name, value in losses.items():
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + float(value.detach())
+        self.last_loss = float(losses["loss"].detach())
+
+    def summary(self) -> dict[str, Any]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        n = max(self.count, 1)
+        return {"samples_per_s": self.samples / elapsed, "data_s": self.data_s / n, "compute_s": self.compute_s / n,
+                "losses": {k: v / n for k, v in self.loss_sums.items()}}
+
+
+def train(cfg: DictConfig, resume: str | None = None) -> dict[str, Any]:
+    """Run a whole training from a resolved config; returns the last validation report."""
+    return Trainer(cfg, resume=resume).fit()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..logging_utils import setup_logging
+
+    args = parse_args(argv)
+    setup_logging(main_process=int(os.environ.get("RANK", "0")) == 0)  # before accelerate's state exists
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, resume=args.resume)
+    return 0
+
+
+__all__: list[str] = ["main", "train", "Trainer", "TrainState", "EpochShuffleSampler", "validation_list",
+                      "run_validation", "total_steps_for"]
