@@ -1,0 +1,40 @@
+"""Batching: stack videos and masks, tokenise captions, drop (and report) videos that failed to decode."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+import torch
+
+from ..tokenizer import tokenize
+
+
+def make_collate(context_length: int) -> Callable[[List[Dict[str, Any]]], Dict[str, Any]]:
+    """A collate function producing the batch dict of the data contract.
+
+    ``{"video": (B, T, 3, S, S), "video_mask": (B, T) bool, "text_tokens": (B, L) long, "captions", "video_ids",
+    "indices": (B,) long, "failed": [paths], "failed_items": [{"index", "failed", "error"}]}``; a batch whose every item
+    failed has zero rows (callers skip it).
+    """
+
+    def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        ok = [it for it in items if "failed" not in it]
+        bad = [it for it in items if "failed" in it]
+        batch: Dict[str, Any] = {
+            "failed": [it["failed"] for it in bad],
+            "failed_items": [{"index": it["index"], "failed": it["failed"], "error": it.get("error", "")}
+                             for it in bad],
+            "captions": [it["caption"] for it in ok],
+            "video_ids": [it["video_id"] for it in ok],
+            "indices": torch.tensor([it["index"] for it in ok], dtype=torch.long),
+            "text_tokens": tokenize([it["caption"] for it in ok], context_length) if ok
+            else torch.zeros((0, context_length), dtype=torch.long),
+        }
+        if ok:
+            batch["video"] = torch.stack([it["video"] for it in ok])  # (B, T, 3, S, S)
+            batch["video_mask"] = torch.stack([it["video_mask"] for it in ok])  # (B, T)
+        else:
+            batch["video"] = torch.zeros((0, 1, 3, 1, 1))
+            batch["video_mask"] = torch.zeros((0, 1), dtype=torch.bool)
+        return batch
+
+    return collate

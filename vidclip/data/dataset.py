@@ -1,0 +1,109 @@
+"""``VideoTextDataset``: data list -> reader metadata -> sampler -> ``get_frames`` -> transform -> sample dict.
+
+Modes:
+- ``train`` + ``caption_sampling="random"``: one item per video per epoch, its caption drawn from (seed, epoch, index);
+- ``train`` + ``"all"``: one item per (video, caption) pair;
+- ``eval``: one item per video (each video decoded exactly once); ``texts`` and ``text_to_video`` give every caption
+  and the index of its video for the (multi-caption) metrics.
+A video that fails to decode yields ``{"failed": path, "error": message, "index": i}`` — never a zero tensor — and is
+logged once with its path and counted; the collate function drops such items and reports them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataListError, VideoDecodeError
+from .lists import VideoRecord, resolve_video_path
+from .readers import open_video
+
+_logger = logging.getLogger(__name__)
+
+
+class VideoTextDataset(Dataset):
+    """Videos and captions of a data list, decoded on demand.
+
+    Args:
+        records: the data list.
+        videos_root: folder the records' relative paths resolve against.
+        sampler: frame sampler (``sampler(num_frames, fps, start=, end=, generator=) -> FrameIndices``).
+        transform: uint8 (T, H, W, 3) -> float (T, 3, S, S).
+        mode: ``train`` or ``eval``.
+        caption_sampling: ``random`` (one caption per video per epoch) or ``all`` (every pair), training only.
+        backend: video reader backend.
+        seed: seeds caption choice and random frame sampling: item i of epoch e is a function of (seed, e, i).
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], videos_root: str, sampler: Callable, transform: Callable,
+                 mode: str = "train", caption_sampling: str = "random", backend: str = "auto", seed: int = 0,
+                 reader_factory: Optional[Callable] = None):
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        self.records = list(records)
+        self.videos_root = videos_root
+        self.sampler, self.transform = sampler, transform
+        self.mode, self.caption_sampling, self.backend, self.seed = mode, caption_sampling, backend, seed
+        self.reader_factory = reader_factory or (lambda path: open_video(path, backend=backend))
+        self.epoch = 0
+        self.failed_paths: Dict[int, str] = {}
+        self.texts: List[str] = [c for r in self.records for c in r.captions]
+        self.text_to_video: List[int] = [i for i, r in enumerate(self.records) for _ in r.captions]
+        self._pairs = ([(i, j) for i, r in enumerate(self.records) for j in range(len(r.captions))]
+                       if mode == "train" and caption_sampling == "all" else None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random captions / frame offsets items are drawn from."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_failed(self) -> int:
+        return len(self.failed_paths)
+
+    def __len__(self) -> int:
+        return len(self._pairs) if self._pairs is not None else len(self.records)
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _caption(self, video_index: int, caption_index: Optional[int], rng: np.random.Generator) -> str:
+        captions = self.records[video_index].captions
+        if not captions:
+            return ""
+        if caption_index is None:
+            caption_index = int(rng.integers(len(captions))) if self.mode == "train" else 0
+        return captions[caption_index]
+
+    def load_video(self, video_index: int, rng: Optional[np.random.Generator] = None):
+        """(frames float (T, 3, S, S), mask bool (T,)) for a record; raises VideoDecodeError / DataListError."""
+        record = self.records[video_index]
+        path = resolve_video_path(self.videos_root, record)
+        with self.reader_factory(str(path)) as reader:
+            picked = self.sampler(reader.num_frames, reader.fps, start=record.start, end=record.end,
+                                  generator=rng if self.mode == "train" else None)
+            valid = np.asarray(picked.mask, dtype=bool)
+            frames = reader.get_frames(np.asarray(picked.indices)[valid])  # (T_valid, H, W, 3) uint8
+        torch_gen = None
+        if self.mode == "train" and rng is not None:  # augmentation drawn from (seed, epoch, index) too
+            torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        pixels = self.transform(frames, generator=torch_gen)  # (T_valid, 3, S, S)
+        out = pixels.new_zeros((len(valid),) + tuple(pixels.shape[1:]))  # (T, 3, S, S), padding slots masked out
+        out[torch.from_numpy(valid)] = pixels
+        return out, torch.from_numpy(valid)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        video_index, caption_index = self._pairs[index] if self._pairs is not None else (index, None)
+        rng = self._rng(index)
+        record = self.records[video_index]
+        try:
+            video, mask = self.load_video(video_index, rng)
+        except (VideoDecodeError, DataListError) as exc:
+            if video_index not in self.failed_paths:
+                _logger.warning("skipping video %s: %s", record.path, exc)
+            self.failed_paths[video_index] = record.path
+            return {"failed": record.path, "error": str(exc), "index": video_index, "video_id": record.video_id}
+        return {"video": video, "video_mask": mask, "caption": self._caption(video_index, caption_index, rng),
+                "video_id": record.video_id, "index": video_index}

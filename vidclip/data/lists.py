@@ -1,0 +1,106 @@
+"""The unified data list: JSONL, one video per line (architecture.md §3).
+
+``{"video_id": str, "path": str (relative to the videos root), "captions": [str, ...], "start": float|null,
+"end": float|null}``; paragraph datasets (DiDeMo) add ``"sentences": [{"text", "start", "end"}, ...]``; any extra
+information goes under ``"meta": {...}``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+from ..errors import DataListError
+
+_logger = logging.getLogger(__name__)
+REQUIRED_KEYS = ("video_id", "path", "captions")
+
+
+@dataclass
+class VideoRecord:
+    """One video of a data list."""
+
+    video_id: str
+    path: str  # relative to the videos root
+    captions: List[str] = field(default_factory=list)
+    start: Optional[float] = None  # seconds; None = from the beginning
+    end: Optional[float] = None  # seconds; None = to the end
+    sentences: Optional[List[Dict[str, Any]]] = None  # paragraph datasets: [{"text", "start", "end"}]
+    meta: Optional[Dict[str, Any]] = None  # anything else (e.g. the synthetic motion labels)
+
+    def to_json(self) -> Dict[str, Any]:
+        data = asdict(self)
+        return {k: v for k, v in data.items() if v is not None or k in ("start", "end")}
+
+
+def _parse_line(line: str, path: Path, lineno: int) -> VideoRecord:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataListError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(obj, dict):
+        raise DataListError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise DataListError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
+    captions = obj["captions"]
+    if isinstance(captions, str) or not isinstance(captions, list):
+        raise DataListError(f"{path}:{lineno}: 'captions' must be a list of strings")
+    unknown = set(obj) - {f for f in VideoRecord.__dataclass_fields__}
+    if unknown:
+        raise DataListError(f"{path}:{lineno}: unknown key(s) {', '.join(sorted(unknown))}; put extra information "
+                            "under \"meta\"")
+    return VideoRecord(video_id=str(obj["video_id"]), path=str(obj["path"]), captions=[str(c) for c in captions],
+                       start=obj.get("start"), end=obj.get("end"), sentences=obj.get("sentences"),
+                       meta=obj.get("meta"))
+
+
+def read_list(path: Union[str, Path]) -> List[VideoRecord]:
+    """Read a JSONL data list; malformed lines and duplicate ids raise ``DataListError`` with file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataListError(f"data list not found: {path}. Write one with tools/prepare_data.py or "
+                            "tools/make_synthetic.py")
+    records: List[VideoRecord] = []
+    first_line: Dict[str, int] = {}
+    empty = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            record = _parse_line(line, path, lineno)
+            if record.video_id in first_line:
+                raise DataListError(f"{path}:{lineno}: duplicate video_id '{record.video_id}' (first on line "
+                                    f"{first_line[record.video_id]}); merge their captions into one line")
+            first_line[record.video_id] = lineno
+            empty += sum(1 for c in record.captions if not c.strip())
+            records.append(record)
+    if empty:
+        _logger.warning("%s: %d empty or whitespace-only caption(s) (kept; they encode as SOT+EOT)", path, empty)
+    return records
+
+
+def write_list(records: Iterable[VideoRecord], path: Union[str, Path]) -> Path:
+    """Write records as JSONL atomically (a crash never leaves a half-written list)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_video_path(videos_root: Union[str, Path], record: VideoRecord) -> Path:
+    """Absolute path of a record's video; paths escaping the videos root are refused."""
+    root = Path(videos_root or ".").resolve()
+    candidate = (root / record.path).resolve()
+    if root != candidate and root not in candidate.parents:
+        raise DataListError(f"video '{record.video_id}': path {record.path!r} points outside the videos root {root}; "
+                            "data lists hold paths relative to data.videos_root")
+    return candidate
