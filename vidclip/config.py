@@ -41,6 +41,7 @@ class PromptCubeCfg:
     caption_loss_weight: float = 0.0  # auxiliary captioning loss weight (0.5 in the reference), 0 disables it
     caption_layers: int = 2  # transformer decoder layers of the auxiliary captioner
     frequent_word_weight: float = 0.25  # CE class weight of frequent words in the captioning loss
+    gated: bool = True  # CLS/patches see the prompts through a zero-init gate (exact CLIP at init); False: reference
 
 
 @dataclass

@@ -190,6 +190,7 @@ class Trainer:
         loader = build_train_loader(cfg, self.dataset)
         self.loader_generator = loader.generator  # accelerate's loader keeps the same object
         model = create_model(cfg.model, pretrained=cfg.model.pretrained)
+        model.set_loss_config(cfg.train.loss)
         freeze_backbone_layers(model, cfg.train.freeze_layers)
         optimizer = create_optimizer(model, cfg.train)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)

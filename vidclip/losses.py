@@ -1,0 +1,48 @@
+"""Contrastive losses: symmetric InfoNCE (optionally with soft targets) and Norton's OT-rectified targets.
+
+Cross-process gathering is not done here: the model gathers features with the callable it is given
+(:func:`vidclip.distributed.make_feature_gather`) and the loss sees the global logits.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def symmetric_infonce(logits: torch.Tensor, targets: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                      ) -> torch.Tensor:
+    """½ [CE(text -> video) + CE(video -> text)] on (N, N) logits with the positives on the diagonal.
+
+    Args:
+        logits: (N_t, N_v) scaled similarities; square.
+        targets: optional soft targets ``(t2v (N, N), v2t (N, N))`` whose rows sum to 1 (e.g. Norton's).
+    """
+    if logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"symmetric InfoNCE needs a square logit matrix, got {tuple(logits.shape)}")
+    logits = logits.float()
+    if targets is None:
+        labels = torch.arange(len(logits), device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+    t2v, v2t = targets
+    loss_t = -(t2v * F.log_softmax(logits, dim=1)).sum(1).mean()
+    loss_v = -(v2t * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    return 0.5 * (loss_t + loss_v)
+
+
+class ContrastiveLoss(torch.nn.Module):
+    """Symmetric InfoNCE; with ``rectify_targets`` Norton's OT-rectified soft targets (any head)."""
+
+    def __init__(self, loss_cfg=None):
+        super().__init__()
+        self.cfg = loss_cfg
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        targets = None
+        if self.cfg is not None and self.cfg.rectify_targets:
+            from .ops.ot import rectified_targets
+
+            targets = rectified_targets(logits.detach().float(), beta=self.cfg.rectify_beta,
+                                        epsilon=self.cfg.rectify_epsilon, iters=self.cfg.rectify_iters)
+        return symmetric_infonce(logits, targets)

@@ -1,0 +1,83 @@
+"""Temporal modules over per-frame embeddings (B, T, D) -> (B, T, D); pooling itself happens in the heads."""
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from ..registry import TEMPORAL
+
+_logger = logging.getLogger(__name__)
+
+
+@TEMPORAL.register("mean")
+class Identity(nn.Module):
+    """Frames pass unchanged; the head averages them (CLIP4Clip meanP, ViFi-CLIP, Prompt Switch)."""
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return frames
+
+
+@TEMPORAL.register("seq_transformer")
+class SequenceTransformer(nn.Module):
+    """CLIP4Clip's seqTransf: frame position embeddings + residual-attention blocks + residual add of the input.
+
+    Initialised from the CLIP text tower (blocks 0..N-1 and the first positional embeddings) when its width equals the
+    embedding width (true for ViT-B/32 and B/16: 512); otherwise fresh blocks of the embedding width are built.
+    Padded frames are masked out as keys (additive -1e6, as the reference) so they never change valid outputs.
+    """
+
+    def __init__(self, clip: nn.Module, num_layers: int = 4, init_from_text: bool = True, max_frames: int = 77):
+        super().__init__()
+        embed_dim = int(clip.text_projection.shape[1] if not isinstance(clip.text_projection, nn.Linear)
+                        else clip.text_projection.out_features)
+        text_width = clip.transformer.width
+        blocks = clip.transformer.resblocks
+        positions = clip.positional_embedding.shape[0]
+        self.frame_position_embeddings = nn.Embedding(min(max_frames, positions), embed_dim)
+        if text_width == embed_dim and len(blocks) >= num_layers:
+            self.blocks = nn.ModuleList(copy.deepcopy(blocks[i]) for i in range(num_layers))
+            if init_from_text:
+                with torch.no_grad():
+                    n = self.frame_position_embeddings.num_embeddings
+                    self.frame_position_embeddings.weight.copy_(clip.positional_embedding[:n])
+            else:
+                for block in self.blocks:
+                    _reset(block)
+        else:
+            from open_clip.transformer import ResidualAttentionBlock
+
+            _logger.info("text width %d != embed dim %d: sequence transformer starts from random weights", text_width,
+                         embed_dim)
+            heads = max(1, embed_dim // 64)
+            self.blocks = nn.ModuleList(ResidualAttentionBlock(embed_dim, heads, batch_first=True)
+                                        for _ in range(num_layers))
+        self.heads = self.blocks[0].attn.num_heads
+        self.batch_first = getattr(clip.transformer, "batch_first", True)
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = frames.shape
+        pos = self.frame_position_embeddings.weight[:length].to(frames.dtype)
+        x = frames + pos.unsqueeze(0)  # (B, T, D)
+        bias = torch.where(mask, 0.0, -1e6).to(frames.dtype)  # (B, T) keys
+        attn_mask = bias[:, None, :].expand(batch, length, length).repeat_interleave(self.heads, 0)  # (B*h, T, T)
+        x = x if self.batch_first else x.transpose(0, 1)
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask)
+        x = x if self.batch_first else x.transpose(0, 1)
+        return x + frames
+
+
+def _reset(module: nn.Module) -> None:
+    for child in module.modules():
+        if hasattr(child, "reset_parameters") and child is not module:
+            child.reset_parameters()
+
+
+def build_temporal(clip: nn.Module, temporal_cfg) -> nn.Module:
+    if temporal_cfg.type == "mean":
+        return TEMPORAL.create("mean")
+    return TEMPORAL.create(temporal_cfg.type, clip=clip, num_layers=temporal_cfg.num_layers,
+                           init_from_text=temporal_cfg.init_from_text)
