@@ -1,24 +1,38 @@
-"""The built-in synthetic video-text dataset: coloured shapes that move, grow, shrink or stay still.
+"""The built-in synthetic video-text dataset: one coloured shape that moves, grows, shrinks or stays still.
 
-Deterministic for a seed; real H.264 mp4 files written with PyAV plus unified JSONL lists::
+Deterministic for a seed: real H.264 .mp4 files written with PyAV plus unified JSONL lists (architecture.md §3)::
 
-    <out>/videos/{train,val,test}/<id>.mp4
-    <out>/synthetic_{train,val,test}.jsonl     (records carry meta: colour, shape, motion, pair_id)
+    <out>/videos/{train,val,test}/<video_id>.mp4
+    <out>/synthetic_{train,val,test}.jsonl      paths relative to <out>/videos
 
-Why it is a real learning test: a clip moving right is exactly the time reversal of its twin moving left (same
-frames, opposite order), likewise up/down and grow/shrink. A frame-order-invariant model (mean pooling of per-frame
-features) therefore gives both twins the same score and cannot do better than chance on the direction queries; the
-test split holds every direction clip together with its reversed twin, and ``motion_direction_accuracy`` measures
-how often the true clip outscores its twin.
+Each record carries ``meta = {"colour", "shape", "motion", "pair_id", "twin", "trajectory"}``.
 
-CLI: ``python tools/make_synthetic.py --out DIR [--num-videos N] [--seed S]`` (also ``vidclip make-synthetic``).
+Why it tests temporal modelling: a clip moving right is exactly the time reversal of a clip moving left over the same
+positions (likewise down/up and grow/shrink), and start positions, travel distances and sizes are drawn from
+distributions that are symmetric under that reversal. A frame-order-invariant model (mean pooling of per-frame
+features) therefore cannot tell the directions apart. The val and test splits are made of *twin pairs*: a clip and
+its exact time reversal (same colour, shape and frames, reversed order and opposite motion; the default lossless
+codec makes the decoded frame sets identical too), so ``motion_direction_accuracy`` can measure how often the true
+clip outscores its twin. Order-invariant models sit at exactly 0.5 there.
+
+Splits: every colour, shape and motion is drawn from a refilled shuffled bag, so each appears in training as soon as
+the split has as many videos as that attribute has values. Colour-shape-motion triples are shared between splits
+(the vocabulary is small), but trajectories are not: a video whose (colour, shape, axis, trajectory quantised to
+``size/16`` px) is already used by an earlier split is redrawn. Test is drawn first, then val, then train, each from
+its own random stream, so the test split does not change with the number of training videos.
+
+CLI: ``python tools/make_synthetic.py --out DIR [--num-videos N] [--seed S] [--frames F] [--size PX] [--fps FPS]``
+(also ``vidclip make-synthetic``).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Union
 
 import numpy as np
 
@@ -26,177 +40,356 @@ from .lists import VideoRecord, write_list
 
 _logger = logging.getLogger(__name__)
 
-COLOURS: Dict[str, Tuple[int, int, int]] = {
-    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 240), "yellow": (240, 220, 40),
-    "purple": (160, 60, 200), "white": (245, 245, 245),
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 245), "yellow": (240, 220, 40),
+    "purple": (165, 60, 210), "white": (245, 245, 245),
 }
-SHAPES = ("circle", "square", "triangle")
-MOTIONS = ("left", "right", "up", "down", "grow", "shrink", "still")
-REVERSE = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow"}
-TEMPLATES: Dict[str, Sequence[str]] = {
-    "left": ("a {c} {s} moves to the left", "a {c} {s} is moving left", "the {c} {s} slides leftwards",
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SHAPE_NOUNS: dict[str, str] = {"circle": "ball", "square": "block", "triangle": "triangle"}  # paraphrase nouns
+MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "grow", "shrink", "still")
+REVERSE: dict[str, str] = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink",
+                           "shrink": "grow"}
+AXES: dict[str, tuple[str, str]] = {"horizontal": ("right", "left"), "vertical": ("down", "up"),
+                                    "scale": ("grow", "shrink")}  # axis -> (forward motion, its time reversal)
+AXIS_OF: dict[str, str] = {m: axis for axis, pair in AXES.items() for m in pair}
+# {c}: colour, {s}: shape, {n}: a paraphrase noun of the shape ("ball" for a circle).
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "left": ("a {c} {s} moves to the left", "a {c} {s} is moving left", "the {c} {n} slides leftwards",
              "a {c} {s} travels from right to left"),
-    "right": ("a {c} {s} moves to the right", "a {c} {s} is moving right", "the {c} {s} slides rightwards",
+    "right": ("a {c} {s} moves to the right", "a {c} {s} is moving right", "the {c} {n} slides rightwards",
               "a {c} {s} travels from left to right"),
-    "up": ("a {c} {s} moves up", "a {c} {s} is rising", "the {c} {s} goes upward", "a {c} {s} travels from bottom to top"),
-    "down": ("a {c} {s} moves down", "a {c} {s} is falling", "the {c} {s} goes downward",
+    "up": ("a {c} {s} moves up", "a {c} {s} is rising", "the {c} {n} goes upwards",
+           "a {c} {s} travels from bottom to top"),
+    "down": ("a {c} {s} moves down", "a {c} {s} is falling", "the {c} {n} goes downwards",
              "a {c} {s} travels from top to bottom"),
-    "grow": ("a {c} {s} is growing", "a {c} {s} gets bigger", "the {c} {s} expands", "a small {c} {s} becomes large"),
-    "shrink": ("a {c} {s} is shrinking", "a {c} {s} gets smaller", "the {c} {s} contracts",
+    "grow": ("a {c} {s} is growing", "a {c} {s} gets bigger", "the {c} {n} expands",
+             "a small {c} {s} becomes large"),
+    "shrink": ("a {c} {s} is shrinking", "a {c} {s} gets smaller", "the {c} {n} contracts",
                "a large {c} {s} becomes small"),
-    "still": ("a {c} {s} stays still", "a {c} {s} does not move", "the {c} {s} rests in place",
+    "still": ("a {c} {s} stays still", "a {c} {s} does not move", "the {c} {n} rests in place",
               "a motionless {c} {s}"),
 }
+CODECS = ("libx264rgb", "libx264")
+SPLIT_STREAMS = {"test": 2, "val": 1, "train": 0}  # generation order test -> val -> train, one random stream each
 
 
-# ------------------------------------------------------------------------------------------------ drawing
-def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """Clip geometry and encoding shared by all splits."""
+
+    size: int = 64  # frame width and height (px)
+    frames: int = 16
+    fps: int = 8
+    codec: str = "libx264rgb"  # lossless RGB H.264; "libx264" = yuv420p, near-lossless (crf 12)
+
+    def __post_init__(self) -> None:
+        if self.size < 16 or self.frames < 2 or self.fps < 1:
+            raise ValueError(f"synthetic clips need size >= 16 px, frames >= 2 and fps >= 1; got size={self.size}, "
+                             f"frames={self.frames}, fps={self.fps}")
+        if self.codec not in CODECS:
+            raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(CODECS)}")
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
+    """Boolean (H, W) mask of ``shape`` centred at (cx, cy) with half-extent ``r``."""
     if shape == "circle":
         return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
     if shape == "square":
         return (np.abs(xx - cx) <= r * 0.85) & (np.abs(yy - cy) <= r * 0.85)
-    top = cy - r  # upward-pointing triangle of height 2r
-    return (yy >= top) & (yy <= cy + r) & (np.abs(xx - cx) <= (yy - top) * 0.6)
+    if shape == "triangle":  # pointing up, height 2r, base width 2.4r
+        top = cy - r
+        return (yy >= top) & (yy <= cy + r) & (np.abs(xx - cx) <= (yy - top) * 0.6)
+    raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
 
 
-def _trajectory(motion: str, size: int, frames: int, rng: np.random.Generator) -> List[Tuple[float, float, float]]:
-    """(cx, cy, r) per frame for the FORWARD version of ``motion`` (left, up, shrink are reversals)."""
-    r = float(rng.uniform(0.12, 0.16) * size)
-    lo, hi = r + 1, size - r - 1
-    a = float(rng.uniform(lo, size * 0.4))
-    b = float(rng.uniform(size * 0.6, hi))
-    c = float(rng.uniform(lo + 2, hi - 2))
-    t = np.linspace(0.0, 1.0, frames)
-    if motion in ("right", "left"):
-        path = [(a + (b - a) * s, c, r) for s in t]
-    elif motion in ("down", "up"):
-        path = [(c, a + (b - a) * s, r) for s in t]
-    elif motion in ("grow", "shrink"):
-        cx, cy = float(rng.uniform(size * 0.35, size * 0.65)), float(rng.uniform(size * 0.35, size * 0.65))
-        r0, r1 = size * 0.06, size * 0.3
-        path = [(cx, cy, r0 + (r1 - r0) * s) for s in t]
-    else:
-        path = [(c, float(rng.uniform(lo, hi)), r)] * frames
-    return path[::-1] if motion in ("left", "up", "shrink") else path
+def forward_trajectory(axis: str, size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """(T, 3) float array of (cx, cy, r) per frame for the forward motion of ``axis`` (right, down, grow).
+
+    Start, end (hence speed) and the fixed coordinates are random per video; the reversed motion is ``[::-1]``.
+    """
+    t = np.linspace(0.0, 1.0, frames)[:, None]  # (T, 1)
+    r = rng.uniform(0.12, 0.16) * size
+    lo, hi = r + 1.0, size - r - 1.0
+    if axis in ("horizontal", "vertical"):
+        a, b = rng.uniform(lo, 0.35 * size), rng.uniform(0.65 * size, hi)  # travel >= 30% of the frame
+        fixed = rng.uniform(lo, hi)
+        moving = a + (b - a) * t[:, 0]  # (T,)
+        cx, cy = (moving, np.full(frames, fixed)) if axis == "horizontal" else (np.full(frames, fixed), moving)
+        return np.stack([cx, cy, np.full(frames, r)], axis=1)  # (T, 3)
+    if axis == "scale":
+        r0, r1 = rng.uniform(0.05, 0.08) * size, rng.uniform(0.24, 0.3) * size
+        cx, cy = rng.uniform(0.38 * size, 0.62 * size, size=2)
+        radius = r0 + (r1 - r0) * t[:, 0]  # (T,)
+        return np.stack([np.full(frames, cx), np.full(frames, cy), radius], axis=1)  # (T, 3)
+    raise ValueError(f"unknown motion axis {axis!r}; known axes: {', '.join(AXES)}")
 
 
-def render_clip(colour: str, shape: str, motion: str, size: int, frames: int, rng: np.random.Generator,
-                path: Optional[List[Tuple[float, float, float]]] = None) -> np.ndarray:
-    """uint8 (T, size, size, 3) clip: a static lightly textured background and one moving shape."""
-    background = (28 + rng.integers(0, 18, size=(size, size, 1))).astype(np.uint8).repeat(3, axis=2)
-    path = path or _trajectory(motion, size, frames, rng)
-    clip = np.empty((frames, size, size, 3), dtype=np.uint8)
+def trajectory(motion: str, size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
+    """(T, 3) (cx, cy, r) per frame for any motion in ``MOTIONS``."""
+    if motion == "still":
+        r = rng.uniform(0.12, 0.16) * size
+        cx, cy = rng.uniform(r + 1.0, size - r - 1.0, size=2)
+        return np.tile([[cx, cy, r]], (frames, 1))  # (T, 3)
+    if motion not in AXIS_OF:
+        raise ValueError(f"unknown motion {motion!r}; known motions: {', '.join(MOTIONS)}")
+    path = forward_trajectory(AXIS_OF[motion], size, frames, rng)
+    return path if AXES[AXIS_OF[motion]][0] == motion else path[::-1].copy()
+
+
+def render_background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (H, W, 3) dark grey background, plain or lightly textured (static over the clip)."""
+    base = int(rng.integers(15, 60))
+    amplitude = int(rng.choice([0, 6, 12, 18]))
+    noise = rng.integers(0, amplitude + 1, size=(size, size, 1)) if amplitude else np.zeros((size, size, 1), int)
+    return np.repeat(base + noise, 3, axis=2).astype(np.uint8)  # (H, W, 3)
+
+
+def render_clip(shape: str, colour: str, path: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """uint8 (T, H, W, 3) clip: ``background`` with the shape drawn at every (cx, cy, r) row of ``path``."""
+    size = background.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres, (H, W) each
+    clip = np.repeat(background[None], len(path), axis=0)  # (T, H, W, 3)
     for k, (cx, cy, r) in enumerate(path):
-        frame = background.copy()
-        frame[_shape_mask(shape, size, cx, cy, r)] = COLOURS[colour]
-        clip[k] = frame
+        clip[k][_shape_mask(shape, xx, yy, cx, cy, r)] = COLOURS[colour]
     return clip
 
 
-def write_mp4(path: Path, clip: np.ndarray, fps: int) -> None:
-    """H.264 (yuv420p, constant quality, single-threaded for reproducibility)."""
+def write_mp4(path: Path, clip: np.ndarray, fps: int, codec: str = "libx264rgb") -> Path:
+    """Encode uint8 (T, H, W, 3) frames with PyAV, single-threaded so the bytes are reproducible."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = clip.shape[2], clip.shape[1], "yuv420p"
-        stream.options = {"crf": "14", "preset": "veryfast", "threads": "1"}
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = clip.shape[2], clip.shape[1]
+        if codec == "libx264rgb":
+            stream.pix_fmt, stream.options = "rgb24", {"qp": "0", "preset": "fast", "threads": "1"}
+        else:
+            stream.pix_fmt, stream.options = "yuv420p", {"crf": "12", "preset": "fast", "threads": "1"}
+        stream.codec_context.thread_count = 1
         for frame in clip:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
 
 
-# ------------------------------------------------------------------------------------------------ splits
-def _captions(colour: str, shape: str, motion: str, rng: np.random.Generator, count: int) -> List[str]:
-    templates = list(TEMPLATES[motion])
-    order = rng.permutation(len(templates))[:count]
-    return [templates[i].format(c=colour, s=shape) for i in order]
+# ------------------------------------------------------------------------------------------------ captions, plans
+def captions_for(colour: str, shape: str, motion: str, rng: np.random.Generator, count: int) -> list[str]:
+    """``count`` distinct paraphrases (random templates) naming the colour, shape and motion."""
+    templates = TEMPLATES[motion]
+    order = rng.permutation(len(templates))[:max(1, min(count, len(templates)))]
+    return [templates[i].format(c=colour, s=shape, n=SHAPE_NOUNS[shape]) for i in order]
 
 
-def _make_record(split: str, vid: str, colour: str, shape: str, motion: str, captions: List[str],
-                 pair_id: Optional[str]) -> VideoRecord:
-    meta = {"colour": colour, "shape": shape, "motion": motion, "pair_id": pair_id}
-    return VideoRecord(video_id=vid, path=f"{split}/{vid}.mp4", captions=captions, meta=meta)
+def _bag(values: Sequence[str], rng: np.random.Generator) -> Iterator[str]:
+    """Endless draws where every value appears once per round of ``len(values)`` (balanced prefixes)."""
+    while True:
+        for i in rng.permutation(len(values)):
+            yield values[i]
 
 
-def generate_split(out: Path, split: str, count: int, rng: np.random.Generator, size: int, frames: int, fps: int,
-                   captions_per_video: int, twins: bool) -> List[VideoRecord]:
-    """``count`` videos; with ``twins`` every direction clip is followed by its time-reversed twin."""
-    records: List[VideoRecord] = []
-    colours = list(COLOURS)
-    while len(records) < count:
-        colour, shape = colours[rng.integers(len(colours))], SHAPES[rng.integers(len(SHAPES))]
-        motion = MOTIONS[rng.integers(len(MOTIONS))]
-        if twins and (motion == "still" or len(records) + 2 > count):
-            motion = "still" if len(records) + 2 > count else REVERSE.get(motion, "right")
-        clip = render_clip(colour, shape, motion, size, frames, rng)
-        vid = f"{split}{len(records):05d}"
-        pair = vid if twins and motion != "still" else None
-        write_mp4(out / "videos" / split / f"{vid}.mp4", clip, fps)
-        records.append(_make_record(split, vid, colour, shape, motion,
-                                    _captions(colour, shape, motion, rng, captions_per_video), pair))
-        if pair:
-            twin_motion, twin_id = REVERSE[motion], f"{split}{len(records):05d}"
-            write_mp4(out / "videos" / split / f"{twin_id}.mp4", clip[::-1], fps)
-            records.append(_make_record(split, twin_id, colour, shape, twin_motion,
-                                        _captions(colour, shape, twin_motion, rng, captions_per_video), pair))
-    return records
+def _trajectory_key(colour: str, shape: str, motion: str, path: np.ndarray, size: int) -> tuple:
+    """Direction-agnostic identity of a clip's frame set, quantised to ``size/16`` px cells."""
+    cell = max(1.0, size / 16)
+    ends = sorted(tuple(np.round(row / cell).astype(int).tolist()) for row in (path[0], path[-1]))
+    return (colour, shape, AXIS_OF.get(motion, "still"), *ends)
 
 
-def make_synthetic_dataset(out: Path, num_train: int = 240, num_val: int = 48, num_test: int = 64, seed: int = 0,
-                           size: int = 64, frames: int = 16, fps: int = 8) -> Dict[str, Path]:
-    """Write the three splits under ``out`` and return the paths of their lists."""
+def _draw_new_trajectory(colour: str, shape: str, motion: str, settings: SyntheticSettings, rng: np.random.Generator,
+                         taken: set[tuple], tries: int = 50) -> np.ndarray:
+    for _ in range(tries):
+        path = trajectory(motion, settings.size, settings.frames, rng)
+        key = _trajectory_key(colour, shape, motion, path, settings.size)
+        if key not in taken:
+            break
+    else:
+        _logger.warning("no unused trajectory for a %s %s (%s) after %d tries; re-using one", colour, shape, motion,
+                        tries)
+    taken.add(key)
+    return path
+
+
+@dataclass
+class ClipSpec:
+    """Everything needed to render, encode and describe one video."""
+
+    video_id: str
+    colour: str
+    shape: str
+    motion: str
+    path: np.ndarray  # (T, 3) cx, cy, r
+    background: np.ndarray  # (H, W, 3) uint8
+    captions: list[str]
+    pair_id: str | None = None
+    twin: str | None = None
+
+
+def plan_split(split: str, count: int, settings: SyntheticSettings, rng: np.random.Generator, taken: set[tuple],
+               twins: bool, captions_per_video: int) -> list[ClipSpec]:
+    """Draw ``count`` clip specifications; with ``twins`` they come as (clip, time-reversed clip) pairs."""
+    colours, shapes = _bag(list(COLOURS), rng), _bag(SHAPES, rng)
+    motions, axes = _bag(MOTIONS, rng), _bag(list(AXES), rng)
+    specs: list[ClipSpec] = []
+    while len(specs) < count:
+        colour, shape = next(colours), next(shapes)
+        vid = f"{split}{len(specs):05d}"
+        paired = twins and len(specs) + 2 <= count
+        motion = AXES[next(axes)][int(rng.integers(2))] if paired else ("still" if twins else next(motions))
+        path = _draw_new_trajectory(colour, shape, motion, settings, rng, taken)
+        background = render_background(settings.size, rng)
+        caps = captions_for(colour, shape, motion, rng, captions_per_video)
+        if not paired:
+            specs.append(ClipSpec(vid, colour, shape, motion, path, background, caps))
+            continue
+        twin_id, twin_motion = f"{split}{len(specs) + 1:05d}", REVERSE[motion]
+        pair_id = f"{split}-pair{len(specs) // 2:04d}"
+        twin_caps = captions_for(colour, shape, twin_motion, rng, captions_per_video)
+        specs.append(ClipSpec(vid, colour, shape, motion, path, background, caps, pair_id, twin_id))
+        specs.append(ClipSpec(twin_id, colour, shape, twin_motion, path[::-1].copy(), background, twin_caps, pair_id,
+                              vid))
+    return specs
+
+
+def _record(split: str, spec: ClipSpec) -> VideoRecord:
+    meta = {"colour": spec.colour, "shape": spec.shape, "motion": spec.motion, "pair_id": spec.pair_id,
+            "twin": spec.twin, "trajectory": {"start": np.round(spec.path[0], 2).tolist(),
+                                              "end": np.round(spec.path[-1], 2).tolist()}}
+    return VideoRecord(video_id=spec.video_id, path=f"{split}/{spec.video_id}.mp4", captions=spec.captions,
+                       meta=meta)
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+def make_synthetic_dataset(out: Union[str, Path], num_train: int = 240, num_val: int = 48, num_test: int = 64,
+                           seed: int = 0, size: int = 64, frames: int = 16, fps: int = 8,
+                           captions_per_video: int = 4, codec: str = "libx264rgb",
+                           show_progress: bool | None = None) -> dict[str, Path]:
+    """Write the three splits under ``out`` and return ``{split: path of its JSONL list}``.
+
+    Training videos get ``captions_per_video`` paraphrases; val and test videos get exactly one caption (one text
+    per video, the layout ``motion_direction_accuracy`` expects) and come as time-reversed twin pairs (an odd count
+    ends with one unpaired still clip). Same arguments, same lists and the same decoded frames.
+    """
+    for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+        if count < 0:
+            raise ValueError(f"{name} must be >= 0, got {count}")
+    settings = SyntheticSettings(size=size, frames=frames, fps=fps, codec=codec)
     out = Path(out)
+    plan = {"test": (num_test, True, 1), "val": (num_val, True, 1), "train": (num_train, False, captions_per_video)}
+    taken: set[tuple] = set()
+    specs: dict[str, list[ClipSpec]] = {}
+    for split in SPLIT_STREAMS:  # test first: it must not depend on the number of training videos
+        count, twins, caps = plan[split]
+        rng = np.random.default_rng([seed, SPLIT_STREAMS[split]])
+        specs[split] = plan_split(split, count, settings, rng, taken, twins, caps)
+    _encode_all(out / "videos", specs, settings, show_progress)
     lists = {}
-    plan = [("train", num_train, 4, False), ("val", num_val, 1, True), ("test", num_test, 1, True)]
-    for offset, (split, count, caps, twins) in enumerate(plan):
-        rng = np.random.default_rng([seed, offset])
-        records = generate_split(out, split, count, rng, size, frames, fps, caps, twins)
-        lists[split] = write_list(records, out / f"synthetic_{split}.jsonl")
-        _logger.info("synthetic %s: %d videos -> %s", split, len(records), lists[split])
+    for split in ("train", "val", "test"):
+        lists[split] = write_list([_record(split, s) for s in specs[split]], out / f"synthetic_{split}.jsonl")
+        _logger.info("synthetic %s: %d videos -> %s", split, len(specs[split]), lists[split])
     return lists
 
 
-def motion_direction_accuracy(sim, records: Sequence[VideoRecord]) -> float:
-    """Share of direction queries whose own clip outscores its time-reversed twin (ties count one half).
+def _encode_all(videos_root: Path, specs: dict[str, list[ClipSpec]], settings: SyntheticSettings,
+                show_progress: bool | None) -> None:
+    from tqdm.auto import tqdm
 
-    ``sim`` is (N_texts, N_videos) with one text per video in list order (text i describes video i); only records
-    with a ``meta.pair_id`` take part. Chance, and the ceiling of any frame-order-invariant model, is 0.5.
+    total = sum(len(v) for v in specs.values())
+    disable = not sys.stderr.isatty() if show_progress is None else not show_progress
+    _logger.info("writing %d synthetic clips (%d frames, %dx%d px, %d fps, %s) under %s", total, settings.frames,
+                 settings.size, settings.size, settings.fps, settings.codec, videos_root)
+    with tqdm(total=total, desc="synthetic videos", unit="video", disable=disable) as bar:
+        for split, split_specs in specs.items():
+            for spec in split_specs:
+                clip = render_clip(spec.shape, spec.colour, spec.path, spec.background)  # (T, H, W, 3)
+                write_mp4(videos_root / split / f"{spec.video_id}.mp4", clip, settings.fps, settings.codec)
+                bar.update(1)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def motion_direction_accuracy(sim, records: Sequence[VideoRecord], text_to_video: Sequence[int] | None = None,
+                              tie_tolerance: float = 1e-6) -> float:
+    """Share of direction queries whose own video outscores its time-reversed twin.
+
+    Args:
+        sim: (N_texts, N_videos) similarity (numpy or torch), video columns in ``records`` order. Without
+            ``text_to_video``, N_texts == N_videos and text i is the (single) caption of video i.
+        records: the test list; a video takes part when ``meta.twin`` (or, failing that, the other record with the
+            same ``meta.pair_id``) names its twin in ``records``.
+        text_to_video: optional video index of each text row (multi-caption lists).
+        tie_tolerance: |own - twin| <= tie_tolerance * max(1, |own|) counts as a tie, worth one half.
+
+    Returns:
+        mean over direction-bearing texts of 1 (own > twin), 0.5 (tie) or 0 (own < twin); ``nan`` when no record
+        has a twin. Chance, and the exact score of any frame-order-invariant model, is 0.5.
     """
-    import torch
+    s = np.asarray(sim.detach().cpu().numpy() if hasattr(sim, "detach") else sim, dtype=np.float64)
+    rows = list(range(len(records))) if text_to_video is None else [int(v) for v in text_to_video]
+    if s.ndim != 2 or s.shape != (len(rows), len(records)):
+        raise ValueError(f"motion_direction_accuracy: sim has shape {s.shape}, expected ({len(rows)}, {len(records)}) "
+                         "(texts x videos in list order); pass text_to_video for several captions per video")
+    twin_of = _twin_indices(records)
+    scores = []
+    for row, video in enumerate(rows):
+        twin = twin_of.get(video)
+        if twin is None:
+            continue
+        own, other = s[row, video], s[row, twin]
+        if abs(own - other) <= tie_tolerance * max(1.0, abs(own)):
+            scores.append(0.5)
+        else:
+            scores.append(1.0 if own > other else 0.0)
+    if not scores:
+        _logger.warning("motion_direction_accuracy: no record has a reversed twin (meta.pair_id); returning nan")
+        return float("nan")
+    return float(np.mean(scores))
 
-    s = torch.as_tensor(sim, dtype=torch.float64)
-    by_pair: Dict[str, List[int]] = {}
+
+def _twin_indices(records: Sequence[VideoRecord]) -> dict[int, int]:
+    """Video index -> index of its twin, from ``meta.twin`` or the two records sharing a ``meta.pair_id``."""
+    index = {r.video_id: i for i, r in enumerate(records)}
+    by_pair: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         pair = (record.meta or {}).get("pair_id")
-        if pair:
-            by_pair.setdefault(pair, []).append(i)
-    scores = []
-    for members in by_pair.values():
-        if len(members) != 2:
-            continue
-        for i, j in (members, members[::-1]):
-            own, twin = float(s[i, i]), float(s[i, j])
-            scores.append(1.0 if own > twin else 0.5 if own == twin else 0.0)
-    return float(np.mean(scores)) if scores else float("nan")
+        if pair is not None:
+            by_pair.setdefault(str(pair), []).append(i)
+    twin_of: dict[int, int] = {}
+    for i, record in enumerate(records):
+        meta = record.meta or {}
+        if meta.get("twin") in index:
+            twin_of[i] = index[meta["twin"]]
+        elif meta.get("pair_id") is not None and len(by_pair[str(meta["pair_id"])]) == 2:
+            a, b = by_pair[str(meta["pair_id"])]
+            twin_of[i] = b if i == a else a
+    return twin_of
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+# ------------------------------------------------------------------------------------------------ CLI
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make_synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--num-videos", type=int, default=240, help="training videos")
-    parser.add_argument("--num-val-videos", type=int, default=48, help="validation videos (twins included)")
-    parser.add_argument("--num-test-videos", type=int, default=64, help="test videos (twins included)")
+    parser.add_argument("--out", required=True, help="output directory (videos/ and synthetic_*.jsonl)")
+    parser.add_argument("--num-videos", type=int, default=240, help="training videos (default 240)")
+    parser.add_argument("--num-val-videos", type=int, default=48, help="validation videos, twin pairs (default 48)")
+    parser.add_argument("--num-test-videos", type=int, default=64, help="test videos, twin pairs (default 64)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
-    parser.add_argument("--frames", type=int, default=16, help="frames per clip")
-    parser.add_argument("--fps", type=int, default=8)
-    args = parser.parse_args(argv)
-    lists = make_synthetic_dataset(Path(args.out), args.num_videos, args.num_val_videos, args.num_test_videos,
-                                   args.seed, args.size, args.frames, args.fps)
-    logging.getLogger(__name__).info("wrote %s", ", ".join(str(p) for p in lists.values()))
+    parser.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
+    parser.add_argument("--size", type=int, default=64, help="frame width and height in pixels (default 64)")
+    parser.add_argument("--fps", type=int, default=8, help="frame rate of the files (default 8)")
+    parser.add_argument("--captions-per-video", type=int, default=4, help="paraphrases per training video")
+    parser.add_argument("--codec", choices=CODECS, default="libx264rgb",
+                        help="libx264rgb: lossless RGB (default); libx264: yuv420p")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``vidclip make-synthetic`` / ``tools/make_synthetic.py``."""
+    from ..logging_utils import setup_logging
+
+    args = parse_args(argv)
+    setup_logging()
+    lists = make_synthetic_dataset(args.out, args.num_videos, args.num_val_videos, args.num_test_videos, args.seed,
+                                   args.size, args.frames, args.fps, args.captions_per_video, args.codec)
+    _logger.info("videos root: %s; lists: %s", Path(args.out) / "videos", ", ".join(str(p) for p in lists.values()))
     return 0

@@ -112,8 +112,9 @@ def _shard_complete(out: Path, index: int) -> bool:
 def _write_shard(out: Path, index: int, features: Features, lines: List[dict]) -> None:
     base = out / SHARD_DIR / shard_name(index)
     tensors = {k: v.contiguous() for k, v in features.items()}
-    _atomic_write_bytes(base.with_suffix(".safetensors"), lambda tmp: save_file(tensors, tmp, metadata={
-        "format": "vidclip-embeddings", "rows": str(sum(1 for x in lines if x["status"] == "ok"))}))
+    # one metadata key only: safetensors writes metadata from a hash map, so several keys have no stable order
+    _atomic_write_bytes(base.with_suffix(".safetensors"),
+                        lambda tmp: save_file(tensors, tmp, metadata={"format": "vidclip-embeddings"}))
     text = "".join(json.dumps(line) + "\n" for line in lines)
     _atomic_write_bytes(base.with_suffix(".jsonl"), lambda tmp: Path(tmp).write_text(text))
 
@@ -222,6 +223,8 @@ def run_extraction(cfg: DictConfig, model, videos: str, out: Path, resume: bool,
     ranges = shard_ranges(len(records), cfg.extract.shard_size)
     if is_main:
         _check_out_dir(out, resume)
+        for stale in (out / SHARD_DIR).glob(".*.tmp"):  # what a killed run was writing: never complete
+            stale.unlink()
         save_config(cfg, out)
         identity = dict(model.model_info(), checkpoint=checkpoint, videos_root=root)
         _atomic_write_bytes(out / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(identity, indent=2)))
@@ -255,7 +258,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ..models.factory import create_model
 
     args = parse_args(argv)
-    accelerator = Accelerator()
+    # CPU-only multi-process launches (torchrun) need cpu=True for accelerate to pick gloo
+    cpu_distributed = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=cpu_distributed)
     setup_logging(main_process=accelerator.is_main_process)
     overrides = list(args.overrides) + ([f"extract.shard_size={args.shard_size}"] if args.shard_size else [])
     cfg = load_config(args.config, overrides)
