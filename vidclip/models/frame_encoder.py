@@ -1,117 +1,206 @@
 """Per-frame encoding on open_clip's ``VisionTransformer``, with optional patch shift and prompt cube.
 
 The tower's own submodules and weights are reused (``_embeds``, each block's ln_1 / attn / ls_1 / ln_2 / mlp / ls_2,
-``ln_post``, ``proj``); nothing in open_clip is patched. Without extensions the output equals open_clip's
-``encode_image`` on every frame. Extensions act on the normalised attention input of a block only (the residual
-stream is never shifted or switched):
-- patch shift (TS2-Net, used by UCoFiA) in ``patch_shift_blocks``;
-- the Prompt Switch cube (see :mod:`vidclip.models.prompt_cube`) in every block.
+``ln_post``, ``proj``); nothing in open_clip is patched. Without extensions every frame's output equals open_clip's
+``encode_image``. Extensions act on the normalised attention input of a block only (the residual stream is never
+shifted or switched):
+
+- patch shift (TS2-Net, as used by UCoFiA, methods.md §4.1.1) in ``patch_shift_blocks``;
+- the Prompt Switch cube (:mod:`vidclip.models.prompt_cube`) in every block.
+
+Padded frames (``mask`` False): when frames are encoded independently (no patch shift, no prompt cube) they are not
+run through the tower at all and their output rows are **zeros**. With patch shift or the prompt cube frames interact,
+so every frame is encoded (padded frames take part, as in the reference code) and rows are whatever the tower gives.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .prompt_cube import PromptCube
+from .prompt_cube import PromptCube, check_attention_supported, check_chunking
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
 class FrameEncoderOutput:
-    frames: torch.Tensor  # (B, T, E) CLS after ln_post @ proj, not normalised
-    patches: Optional[torch.Tensor] = None  # (B, T, N, E) patch tokens after ln_post @ proj
+    frames: torch.Tensor  # (B, T, E) per-frame CLS after ln_post @ proj, not normalised
+    patches: torch.Tensor | None = None  # (B, T, N, E) patch tokens after ln_post @ proj
 
 
-def patch_shift(h: torch.Tensor, batch: int, frames: int, n_div: int) -> torch.Tensor:
-    """TS2-Net token shift across time on ``h`` (B*T, L, D): tokens 1, 1+n_div, ... take frame t-1's value,
-    tokens 4, 4+n_div, ... frame t+1's (``L // n_div`` of each); the first / last frame keep their own."""
+def patch_shift_indices(num_tokens: int, n_div: int) -> tuple:
+    """Token indices shifted from frame t-1 and from frame t+1 (TS2-Net / UCoFiA ``PatchShiftModule``).
+
+    ``fold = num_tokens // n_div``; backward-shifted tokens are ``1, 1+fold, 1+2*fold, ...`` and forward-shifted
+    ``4, 4+fold, ...`` (below ``num_tokens``), as the reference code (``arange(start, L, step=fold)``). For ViT-B/32
+    (50 tokens, n_div 7) that is 1, 8, ..., 43 and 4, 11, ..., 46: seven of each.
+    """
+    fold = num_tokens // n_div
+    if fold < 1:
+        raise ValueError(f"patch shift: {num_tokens} tokens per frame is fewer than model.patch_shift_div={n_div}; "
+                         "lower model.patch_shift_div")
+    return torch.arange(1, num_tokens, fold), torch.arange(4, num_tokens, fold)
+
+
+def patch_shift(h: torch.Tensor, num_frames: int, n_div: int) -> torch.Tensor:
+    """Shift tokens across time on ``h`` (B*T, L, D): see :func:`patch_shift_indices`; first/last frames keep their own.
+
+    Assignments happen in the reference's order (backward, then forward), which decides the rare overlapping index.
+    """
     length, width = h.shape[1], h.shape[2]
-    fold = length // n_div
-    x = h.reshape(batch, frames, length, width)  # (B, T, L, D)
+    prev_idx, next_idx = (i.to(h.device) for i in patch_shift_indices(length, n_div))
+    x = h.reshape(-1, num_frames, length, width)  # (B, T, L, D)
     out = x.clone()
-    prev_idx = torch.arange(1, length, n_div, device=h.device)[:fold]
-    next_idx = torch.arange(4, length, n_div, device=h.device)[:fold]
-    out[:, 1:, prev_idx] = x[:, :-1, prev_idx]
-    out[:, :-1, next_idx] = x[:, 1:, next_idx]
-    return out.reshape(batch * frames, length, width)  # (B*T, L, D)
+    out[:, 1:, prev_idx] = x[:, :-1, prev_idx]  # frame t takes frame t-1's tokens
+    out[:, :-1, next_idx] = x[:, 1:, next_idx]  # frame t takes frame t+1's tokens
+    return out.reshape(h.shape)  # (B*T, L, D)
 
 
 class FrameEncoder(nn.Module):
     """open_clip visual tower applied frame by frame: ``(B, T, 3, H, W) -> (B, T, E)`` (+ patches ``(B, T, N, E)``)."""
 
-    def __init__(self, visual: nn.Module, patch_tokens: bool = False, patch_shift_blocks=(), patch_shift_div: int = 7,
-                 prompt: Optional[PromptCube] = None):
+    def __init__(self, visual: nn.Module, patch_tokens: bool = False, patch_shift_blocks: Sequence[int] = (),
+                 patch_shift_div: int = 7, prompt_cube: PromptCube | None = None):
         super().__init__()
+        _check_visual(visual, patch_shift_blocks)
         self.visual = visual
-        self.patch_tokens = patch_tokens
-        self.patch_shift_blocks = set(int(b) for b in patch_shift_blocks)
-        self.patch_shift_div = patch_shift_div
-        self.prompt = prompt
+        self.patch_tokens = bool(patch_tokens)
+        self.patch_shift_blocks = frozenset(int(b) for b in patch_shift_blocks)
+        self.patch_shift_div = int(patch_shift_div)
+        self.prompt_cube = prompt_cube
         self.grad_checkpointing = False
         self.batch_first = getattr(visual.transformer, "batch_first", True)
 
+    @property
+    def frames_independent(self) -> bool:
+        """True when no extension mixes information across frames (padded frames can then be skipped)."""
+        return self.prompt_cube is None and not self.patch_shift_blocks
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        """Recompute every block in the backward pass (``torch.utils.checkpoint``, non-reentrant)."""
+        self.grad_checkpointing = bool(enable)
 
-    def _attend(self, block: nn.Module, h: torch.Tensor, mask: Optional[torch.Tensor] = None,
-                kv: Optional[torch.Tensor] = None) -> torch.Tensor:
-        kv = h if kv is None else kv
+    def _attend(self, attn: nn.Module, h: torch.Tensor) -> torch.Tensor:
         if not self.batch_first:
-            out = block.attn(h.transpose(0, 1), kv.transpose(0, 1), kv.transpose(0, 1), need_weights=False,
-                             attn_mask=mask)[0]
-            return out.transpose(0, 1)
-        return block.attn(h, kv, kv, need_weights=False, attn_mask=mask)[0]
+            h = h.transpose(0, 1)  # (L, N, D)
+            return attn(h, h, h, need_weights=False)[0].transpose(0, 1)
+        return attn(h, h, h, need_weights=False)[0]
 
-    def _block(self, index: int, block: nn.Module, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+    def _block(self, index: int, block: nn.Module, x: torch.Tensor, num_frames: int, num_tokens: int) -> torch.Tensor:
         h = block.ln_1(x)  # (B*T, L(+P), D)
         if index in self.patch_shift_blocks:
-            h = patch_shift(h, batch, frames, self.patch_shift_div)
-        if self.prompt is None:
-            x = x + block.ls_1(self._attend(block, h))
+            shifted = patch_shift(h[:, :num_tokens], num_frames, self.patch_shift_div)  # (B*T, L, D)
+            h = torch.cat([shifted, h[:, num_tokens:]], dim=1) if self.prompt_cube is not None else shifted
+        if self.prompt_cube is None:
+            x = x + block.ls_1(self._attend(block.attn, h))
         else:
-            x = x + block.ls_1(self.prompt.attention(index, h, batch, frames, lambda q, m=None, kv=None:
-                                                     self._attend(block, q, m, kv)))
+            x = x + block.ls_1(self.prompt_cube.attention(index, block.attn, h))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
-    def forward(self, frames: torch.Tensor, mask: Optional[torch.Tensor] = None) -> FrameEncoderOutput:
-        batch, num_frames = frames.shape[:2]
-        visual = self.visual
-        x = visual._embeds(frames.flatten(0, 1))  # (B*T, 1+N, D)
+    def _tokens(self, images: torch.Tensor, num_frames: int) -> tuple:
+        """Residual stream after the last block, (B*T, L(+P), D), and L (CLS + patches)."""
+        x = self.visual._embeds(images)  # (B*T, L, D)
         num_tokens = x.shape[1]
-        if self.prompt is not None:
-            x = self.prompt.append(x, batch, num_frames)  # (B*T, 1+N+P, D)
-        for index, block in enumerate(visual.transformer.resblocks):
-            if self.grad_checkpointing and self.training:
-                x = checkpoint(self._block, index, block, x, batch, num_frames, use_reentrant=False)
+        if self.prompt_cube is not None:
+            x = self.prompt_cube.append(x)  # (B*T, L+P, D)
+        use_checkpoint = self.grad_checkpointing and torch.is_grad_enabled()
+        for index, block in enumerate(self.visual.transformer.resblocks):
+            if use_checkpoint:
+                x = checkpoint(self._block, index, block, x, num_frames, num_tokens, use_reentrant=False)
             else:
-                x = self._block(index, block, x, batch, num_frames)
-        cls = x[:, 0]  # (B*T, D)
-        if self.prompt is not None:
-            cls = self.prompt.aggregate(cls, x[:, num_tokens:], batch, num_frames)
-        embeds = self._project(cls).reshape(batch, num_frames, -1)  # (B, T, E)
-        patches = None
-        if self.patch_tokens:
-            tokens = self._project(x[:, 1:num_tokens])  # (B*T, N, E)
-            patches = tokens.reshape(batch, num_frames, num_tokens - 1, -1)  # (B, T, N, E)
-        return FrameEncoderOutput(embeds, patches)
+                x = self._block(index, block, x, num_frames, num_tokens)
+        return x, num_tokens
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         x = self.visual.ln_post(x)
         return x @ self.visual.proj if self.visual.proj is not None else x
 
+    def _encode(self, images: torch.Tensor, num_frames: int) -> tuple:
+        """(B*T, 3, H, W) -> frame embeddings (B*T, E) and patch embeddings (B*T, N, E) or None."""
+        x, num_tokens = self._tokens(images, num_frames)
+        cls = x[:, 0]  # (B*T, D)
+        if self.prompt_cube is not None:
+            cls = self.prompt_cube.aggregate(cls, x[:, num_tokens:])  # (B*T, D)
+        patches = self._project(x[:, 1:num_tokens]) if self.patch_tokens else None  # (B*T, N, E)
+        return self._project(cls), patches
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> FrameEncoderOutput:
+        """Encode ``frames`` (B, T, 3, H, W), preprocessed; ``mask`` (B, T) bool, True = real frame.
+
+        Returns per-frame CLS embeddings (B, T, E) after ``ln_post @ proj`` (not normalised) and, when configured,
+        patch embeddings (B, T, N, E). See the module doc for padded frames.
+        """
+        batch, num_frames = frames.shape[:2]
+        if self.prompt_cube is not None:
+            check_chunking(num_frames, self.prompt_cube.num_prompts)
+        images = frames.flatten(0, 1)  # (B*T, 3, H, W)
+        keep = None
+        if mask is not None and self.frames_independent:
+            keep = mask.to(device=frames.device, dtype=torch.bool).flatten()  # (B*T,)
+            keep = None if bool(keep.all()) else keep
+        if keep is None:
+            embeds, patches = self._encode(images, num_frames)
+        else:
+            embeds, patches = self._encode_real(images, keep)
+        embeds = embeds.reshape(batch, num_frames, -1)  # (B, T, E)
+        if patches is not None:
+            patches = patches.reshape(batch, num_frames, patches.shape[1], -1)  # (B, T, N, E)
+        return FrameEncoderOutput(embeds, patches)
+
+    def _encode_real(self, images: torch.Tensor, keep: torch.Tensor) -> tuple:
+        """Encode only the rows where ``keep`` is True; the other rows are zeros."""
+        rows = keep.nonzero().squeeze(1)  # (R,)
+        any_real = rows.numel() > 0
+        if not any_real:
+            rows = rows.new_zeros(1)  # encode one row for shape and dtype, then drop it
+        embeds, patches = self._encode(images[rows], 1)
+        total = images.shape[0]
+        out = [_scatter_rows(embeds, rows, total, any_real)]
+        out.append(None if patches is None else _scatter_rows(patches, rows, total, any_real))
+        return tuple(out)
+
+
+def _scatter_rows(values: torch.Tensor, rows: torch.Tensor, total: int, keep_values: bool) -> torch.Tensor:
+    out = values.new_zeros((total,) + tuple(values.shape[1:]))  # (B*T, ...)
+    return out.index_copy(0, rows, values) if keep_values else out
+
+
+def _check_visual(visual: nn.Module, patch_shift_blocks: Sequence[int]) -> None:
+    """Refuse open_clip towers whose pooling or blocks this encoder does not reproduce."""
+    if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+        raise ValueError("FrameEncoder supports CLS-token pooling only (open_clip pool_type='tok', no attentional "
+                         f"pooler); got pool_type={getattr(visual, 'pool_type', None)!r}. Use a CLIP ViT architecture")
+    blocks = visual.transformer.resblocks
+    for index, block in enumerate(blocks):
+        missing = [n for n in ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2") if not hasattr(block, n)]
+        if missing or hasattr(block, "ln_1_kv") or hasattr(block, "ln_attn"):
+            raise ValueError(f"visual block {index} ({type(block).__name__}) is not open_clip's standard "
+                             "ResidualAttentionBlock; FrameEncoder cannot run it. Use a CLIP ViT architecture")
+        check_attention_supported(block.attn, f"visual block {index}")
+    bad = [b for b in patch_shift_blocks if not 0 <= int(b) < len(blocks)]
+    if bad:
+        raise ValueError(f"model.patch_shift_blocks={list(patch_shift_blocks)}: blocks {bad} do not exist; the visual "
+                         f"tower has blocks 0..{len(blocks) - 1} (UCoFiA on B/32: [10, 11])")
+
 
 def build_frame_encoder(visual: nn.Module, model_cfg) -> FrameEncoder:
-    """A ``FrameEncoder`` over ``visual`` configured by a ``ModelCfg``."""
-    prompt = None
+    """A :class:`FrameEncoder` over open_clip's ``visual`` tower configured by a ``ModelCfg``.
+
+    Uses ``patch_tokens``, ``prompt`` (``PromptCubeCfg``), ``patch_shift_blocks``, ``patch_shift_div`` and
+    ``grad_checkpointing``.
+    """
+    cube = None
     if model_cfg.prompt.enabled:
-        width = visual.conv1.out_channels
-        heads = visual.transformer.resblocks[0].attn.num_heads
-        prompt = PromptCube(width, heads, model_cfg.prompt.num_prompts, model_cfg.prompt.init_std,
-                            gated=model_cfg.prompt.gated, num_layers=len(visual.transformer.resblocks))
-    encoder = FrameEncoder(visual, model_cfg.patch_tokens, model_cfg.patch_shift_blocks, model_cfg.patch_shift_div,
-                           prompt)
-    encoder.set_grad_checkpointing(model_cfg.grad_checkpointing)
+        blocks = visual.transformer.resblocks
+        cube = PromptCube(width=visual.transformer.width, heads=blocks[0].attn.num_heads,
+                          num_prompts=int(model_cfg.prompt.num_prompts), num_layers=len(blocks),
+                          init_std=model_cfg.prompt.init_std, gated=bool(model_cfg.prompt.gated))
+    encoder = FrameEncoder(visual, model_cfg.patch_tokens, list(model_cfg.patch_shift_blocks),
+                           model_cfg.patch_shift_div, cube)
+    encoder.set_grad_checkpointing(bool(model_cfg.grad_checkpointing))
     return encoder
