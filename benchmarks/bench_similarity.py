@@ -1,108 +1,181 @@
-"""Similarity at evaluation scale from cached features: each head's chunked N_t x N_v matrix (wall time, peak memory,
-time per pair at several sizes) vs materialising the full pairwise (N_t, N_v, D) tensor as query-dependent methods do.
+"""Similarity at evaluation scale from cached features: each head's chunked N_t x N_v matrix
+(``vidclip.ops.similarity.chunked_similarity``): wall time, time per pair at several sizes (linearity), peak memory
+for several chunk sizes (bounded by the chunk, not by N), vs the same head unchunked (chunk = N: every pairwise
+intermediate at once) and vs an X-Pool-style materialised (N_t, N_v, D) tensor.
 
-Each measurement runs in a fresh process so its peak RSS is its own; features are random but shaped exactly as
-ViT-B/32 features (12 frames, 49 patches, 32 words, 512-d)."""
+Each head runs in a fresh process whose address space is capped (``RLIMIT_AS``: a run that would exhaust the
+machine fails with an allocation error instead of waking the OOM killer); peak memory is the rise of the process's
+peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` before each measurement). Features are random but shaped
+as ViT-B/32 features (12 frames, 49 patches, 32 words, 512-d) and go through each head's ``encode_video`` /
+``encode_text``."""
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import time
-from typing import Dict, List
 
 import torch
-
-from common import markdown_table, write_results
+from common import load_average, markdown_table, write_results
 
 ARCHS = {"vifi": "vifi-B-32", "glscl": "glscl-B-32", "ucofia": "ucofia-B-32", "norton": "norton-B-32"}
+MEMORY_CAP_GB = 8.0  # per head process, on top of what it holds after building the model
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _reset_peak() -> float:
+    """Reset the peak RSS (Linux) and return the current RSS in MB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS")
 
 
 def _encoder_outputs(model, n_videos: int, n_texts: int, frames: int = 12, words: int = 32):
     from vidclip.heads.base import TextEncoderOutput, VideoEncoderOutput
 
     g = torch.Generator().manual_seed(0)
-    d = model.head_dim if hasattr(model, "head_dim") else 512
-    patches = torch.randn(n_videos, frames, 49, d, generator=g) if model.cfg.patch_tokens else None
-    frames_t = torch.randn(n_videos, frames, d, generator=g)
+    d = model.embed_dim
+    patches = torch.randn(n_videos, frames, 49, d, generator=g) if model.cfg.patch_tokens else None  # (B, T, N, D)
+    frames_t = torch.randn(n_videos, frames, d, generator=g)  # (B, T, D)
     video = VideoEncoderOutput(frames=frames_t, temporal=frames_t, mask=torch.ones(n_videos, frames, dtype=torch.bool),
                                patches=patches)
-    tokens = torch.randn(n_texts, words, d, generator=g)
+    tokens = torch.randn(n_texts, words, d, generator=g)  # (B, L, D)
     mask = torch.zeros(n_texts, words, dtype=torch.bool)
-    mask[:, :12] = True
+    mask[:, :12] = True  # 12 real words, the rest padding
     text = TextEncoderOutput(pooled=tokens[:, 5], tokens=tokens, mask=mask)
     return video, text
 
 
-def _measure_head(head_name: str, n: int, chunk: int, queue) -> None:
-    torch.set_num_threads(2)
-    import vidclip
+def _feature_mb(feats: dict[str, torch.Tensor]) -> float:
+    return sum(t.numel() * t.element_size() for t in feats.values()) / 2 ** 20
+
+
+def _measure(head, tfeats, vfeats, n: int, chunk: int) -> dict[str, object]:
+    from vidclip.heads.base import slice_features
     from vidclip.ops.similarity import chunked_similarity
 
-    model = vidclip.create_model(ARCHS[head_name]).eval()
+    t_sub, v_sub = slice_features(tfeats, 0, n), slice_features(vfeats, 0, n)
+    base = _reset_peak()
+    start = time.perf_counter()
+    try:
+        chunked_similarity(head, t_sub, v_sub, chunk, chunk)
+    except (MemoryError, RuntimeError) as exc:
+        return {"n": n, "chunk": chunk, "error": f"{type(exc).__name__}: {str(exc)[:80]}"}
+    wall = time.perf_counter() - start
+    return {"n": n, "chunk": chunk, "wall_s": wall, "us_per_pair": 1e6 * wall / (n * n),
+            "peak_extra_mb": _status_mb("VmHWM") - base}
+
+
+def _run_head(head_name: str, sizes: list[int], chunk: int, chunk_sweep: list[int], unchunked_n: int, big_n: int,
+              big_budget_s: float, threads: int, queue) -> None:
+    torch.set_num_threads(threads)
+    import logging
+
+    import vidclip
+
+    logging.basicConfig(level=logging.ERROR)
+    try:
+        model = vidclip.create_model(ARCHS[head_name]).eval()
+    except Exception as exc:  # head not available in this checkout
+        queue.put([{"head": head_name, "n": 0, "chunk": 0, "error": f"not available ({exc})"}])
+        return
+    head = model.head
+    del model.frame_encoder, model.text_encoder  # only the head is needed; keeps the baseline small
+    n_max = max(sizes + [unchunked_n])
     with torch.no_grad():
-        video, text = _encoder_outputs(model, n, n)
-        vfeats, tfeats = model.head.encode_video(video), model.head.encode_text(text)
-        del video, text
-        base = _rss_mb()
-        start = time.perf_counter()
-        sim = chunked_similarity(model.head, tfeats, vfeats, chunk, chunk)
-        wall = time.perf_counter() - start
-    queue.put({"head": head_name, "n": n, "chunk": chunk, "wall_s": wall, "pairs": n * n,
-               "us_per_pair": 1e6 * wall / (n * n), "peak_extra_mb": _rss_mb() - base, "shape": list(sim.shape)})
+        video, text = _encoder_outputs(model, n_max, n_max)
+        vfeats, tfeats = head.encode_video(video), head.encode_text(text)
+    del video, text
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = int((_status_mb("VmSize") + MEMORY_CAP_GB * 1024) * 2 ** 20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    _measure(head, tfeats, vfeats, min(sizes), chunk)  # warm-up (first-call allocations, lazy init)
+    rows = [_measure(head, tfeats, vfeats, n, chunk) for n in sizes]
+    rows += [_measure(head, tfeats, vfeats, max(sizes), c) for c in chunk_sweep if c != chunk]
+    rows.append(dict(_measure(head, tfeats, vfeats, unchunked_n, unchunked_n), kind="unchunked"))
+    if big_n:
+        rows.append(_big(head, head_name, rows[len(sizes) - 1], vfeats, tfeats, n_max, big_n, chunk, big_budget_s))
+    queue.put([dict(r, head=head_name) for r in rows])
 
 
-def _measure_materialised(n: int, d: int, queue) -> None:
+def _big(head, head_name, last, vfeats, tfeats, n_max, big_n, chunk, budget_s) -> dict[str, object]:
+    """The big size when it fits: skipped with the reason when predicted time or feature memory is too large."""
+    scale = big_n / n_max
+    feat_mb = (_feature_mb(vfeats) + _feature_mb(tfeats)) * scale
+    predicted = last.get("wall_s", float("inf")) * (big_n / last["n"]) ** 2
+    if feat_mb > 4096:
+        return {"n": big_n, "chunk": chunk, "skipped": f"features would take {feat_mb / 1024:.1f} GB"}
+    if predicted > budget_s:
+        return {"n": big_n, "chunk": chunk, "skipped": f"predicted {predicted:.0f} s > budget {budget_s:.0f} s"}
+    reps = int(scale + 0.999)
+    big_t = {k: v.repeat(reps, *[1] * (v.dim() - 1))[:big_n] for k, v in tfeats.items()}  # (big_n, ...)
+    big_v = {k: v.repeat(reps, *[1] * (v.dim() - 1))[:big_n] for k, v in vfeats.items()}
+    return _measure(head, big_t, big_v, big_n, chunk)
+
+
+def _run_materialised(n: int, d: int, threads: int, queue) -> None:
     """X-Pool style: a text-conditioned video embedding per (text, video) pair, (N_t, N_v, D) fp32 at once."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     text, frames = torch.randn(n, d, generator=g), torch.randn(n, 12, d, generator=g)
-    base = _rss_mb()
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (int((_status_mb("VmSize") + MEMORY_CAP_GB * 1024) * 2 ** 20), hard))
+    base = _reset_peak()
     start = time.perf_counter()
     attn = torch.softmax(torch.einsum("td,vfd->tvf", text, frames), -1)  # (N_t, N_v, F)
     pooled = torch.einsum("tvf,vfd->tvd", attn, frames)  # (N_t, N_v, D): the materialised tensor
-    sim = torch.nn.functional.cosine_similarity(pooled, text[:, None, :], dim=-1)
+    torch.nn.functional.cosine_similarity(pooled, text[:, None, :], dim=-1)  # (N_t, N_v)
     wall = time.perf_counter() - start
-    queue.put({"head": "materialised (N_t,N_v,D)", "n": n, "chunk": n, "wall_s": wall, "pairs": n * n,
-               "us_per_pair": 1e6 * wall / (n * n), "peak_extra_mb": _rss_mb() - base, "shape": list(sim.shape)})
+    queue.put([{"head": "X-Pool-style (N_t,N_v,D)", "n": n, "chunk": n, "wall_s": wall, "kind": "materialised",
+                "us_per_pair": 1e6 * wall / (n * n), "peak_extra_mb": _status_mb("VmHWM") - base}])
 
 
-def run_isolated(target, *args) -> Dict[str, object]:
+def run_isolated(target, *args) -> list[dict[str, object]]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    result = queue.get(timeout=3600)
-    proc.join()
-    return result
+    proc.join(timeout=3600)
+    return queue.get(timeout=5) if not queue.empty() else [{"head": str(args[0]), "error": f"exit {proc.exitcode}"}]
+
+
+def _row(r: dict[str, object]) -> list[object]:
+    kind = r.get("kind", "chunked")
+    if "error" in r or "skipped" in r:
+        return [r["head"], kind, r.get("n", ""), r.get("chunk", ""), r.get("error") or r.get("skipped"), "", ""]
+    return [r["head"], kind, r["n"], r["chunk"], f"{r['wall_s']:.2f}", f"{r['us_per_pair']:.3f}",
+            f"{r['peak_extra_mb']:.0f}"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--chunk", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable under background load)")
     args = parser.parse_args(argv)
-    plan: List = []
-    sizes_small = [250, 500] if args.quick else [250, 500, 1000]
+    sizes = [250, 500, 1000]
+    sweep = [100, 500] if args.quick else [50, 100, 500, 1000]
+    big_n, budget = 10_000, (60.0 if args.quick else 900.0)
+    rows: list[dict[str, object]] = []
     for head in ARCHS:
-        for n in sizes_small:
-            plan.append((head, n))
-    if not args.quick:
-        plan += [("vifi", 10_000), ("glscl", 10_000)]
-    rows = [run_isolated(_measure_head, head, n, args.chunk) for head, n in plan]
-    rows.append(run_isolated(_measure_materialised, 1000 if not args.quick else 500, 512))
-    table = markdown_table(["head", "N_t = N_v", "chunk", "wall s", "µs / pair", "peak extra MB"],
-                           [[r["head"], r["n"], r["chunk"], r["wall_s"], r["us_per_pair"], r["peak_extra_mb"]]
-                            for r in rows])
-    print("## Chunked similarity from cached ViT-B/32-shaped features (2 threads)\n")
+        rows += run_isolated(_run_head, head, sizes, args.chunk, sweep, 1000, big_n, budget, args.threads)
+    rows += run_isolated(_run_materialised, 500 if args.quick else 1000, 512, args.threads)
+    table = markdown_table(["head", "mode", "N_t = N_v", "chunk", "wall s", "µs / pair", "peak extra MB"],
+                           [_row(r) for r in rows])
+    print(f"## Similarity from cached ViT-B/32-shaped features: {args.threads} torch thread(s), one run per cell, "
+          f"address space capped at +{MEMORY_CAP_GB:.0f} GB per head; load avg {load_average()}\n")
     print(table)
     write_results("similarity", {"rows": rows, "table": table})
-    print(json.dumps({"done": len(rows)}))
     return 0
 
 

@@ -13,7 +13,7 @@ import pytest
 from vidclip.data.lists import read_list
 from vidclip.data.synthetic import COLOURS, make_synthetic_dataset, motion_direction_accuracy, render_clip, trajectory
 
-SMALL = dict(num_train=7, num_val=2, num_test=5, size=32, frames=6, fps=8)
+SMALL = dict(num_train=15, num_val=2, num_test=5, size=32, frames=6, fps=8)  # >= 6 draws: every colour in train
 MOTION_WORDS = {  # written independently of the templates: any caption must use one of these
     "left": ("left",), "right": ("right",), "up": ("up", "rising", "to top"), "down": ("down", "falling", "to bottom"),
     "grow": ("grow", "bigger", "expand", "becomes large"), "shrink": ("shrink", "smaller", "contract", "becomes small"),
@@ -62,7 +62,7 @@ def test_same_seed_same_lists_bytes_and_frames_other_seed_differs(tmp_path, smal
 
 def test_files_decode_to_the_right_frame_count_size_and_rate(small_set):
     records = all_records(small_set)
-    assert [len(records[s]) for s in ("train", "val", "test")] == [7, 2, 5]
+    assert [len(records[s]) for s in ("train", "val", "test")] == [15, 2, 5]
     for recs in records.values():
         for record in recs:
             path = small_set / "videos" / record.path
@@ -111,27 +111,53 @@ def test_captions_name_colour_shape_motion_and_the_pixels_agree(small_set):
             assert expected[meta["motion"]], (record.video_id, meta["motion"], (x0, y0, area0), (x1, y1, area1))
 
 
+def _check_twins(records, frames, captions_per_video, unpaired_limit):
+    """Twins share colour, shape, pair_id and the multiset of frames, in reversed order with the opposite motion."""
+    reverse = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow"}
+    by_id = {r.video_id: r for r in records}
+    unpaired = [r for r in records if r.meta["pair_id"] is None]
+    assert len(unpaired) <= unpaired_limit
+    for record in records:
+        assert len(record.captions) == captions_per_video
+        if record.meta["pair_id"] is None:
+            assert record.meta["motion"] == "still"
+            continue
+        twin = by_id[record.meta["twin"]]
+        assert twin.meta["pair_id"] == record.meta["pair_id"] and twin.meta["twin"] == record.video_id
+        assert (twin.meta["colour"], twin.meta["shape"]) == (record.meta["colour"], record.meta["shape"])
+        assert twin.meta["motion"] == reverse[record.meta["motion"]]
+        a, b = frames[record.video_id], frames[twin.video_id]
+        np.testing.assert_array_equal(a, b[::-1])  # lossless codec: exactly the reversed clip
+        assert not np.array_equal(a, b)
+        np.testing.assert_array_equal(a.mean(axis=0), b.mean(axis=0))  # mean pooling sees the same clip
+    pairs = [r.meta["pair_id"] for r in records if r.meta["pair_id"] is not None]
+    assert all(pairs.count(p) == 2 for p in pairs)
+
+
 def test_eval_splits_are_reversed_twins_with_identical_frame_sets(small_set):
     frames = all_frames(small_set)
-    reverse = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow"}
     for split in ("val", "test"):
         records = read_list(small_set / f"synthetic_{split}.jsonl")
-        by_id = {r.video_id: r for r in records}
-        paired = [r for r in records if r.meta["pair_id"] is not None]
-        assert len(paired) == 2 * (len(records) // 2)  # an odd count leaves one unpaired still clip
-        for record in records:
-            assert len(record.captions) == 1
-            if record.meta["pair_id"] is None:
-                assert record.meta["motion"] == "still"
-                continue
-            twin = by_id[record.meta["twin"]]
-            assert twin.meta["pair_id"] == record.meta["pair_id"] and twin.meta["twin"] == record.video_id
-            assert (twin.meta["colour"], twin.meta["shape"]) == (record.meta["colour"], record.meta["shape"])
-            assert twin.meta["motion"] == reverse[record.meta["motion"]]
-            a, b = frames[record.video_id], frames[twin.video_id]
-            assert sorted(f.tobytes() for f in a) == sorted(f.tobytes() for f in b)  # same multiset of frames
-            assert not np.array_equal(a, b)  # ... in another order
-            np.testing.assert_array_equal(a.mean(axis=0), b.mean(axis=0))  # mean pooling sees the same clip
+        _check_twins(records, frames, captions_per_video=1, unpaired_limit=len(records) % 2)
+
+
+def test_training_split_holds_twin_pairs_next_to_each_other_plus_still_clips(small_set):
+    records = read_list(small_set / "synthetic_train.jsonl")
+    _check_twins(records, all_frames(small_set), captions_per_video=4, unpaired_limit=len(records))
+    ids = [r.video_id for r in records]
+    for i, record in enumerate(records):  # the twin is the neighbour in list order
+        if record.meta["pair_id"] is not None:
+            assert record.meta["twin"] in ids[max(0, i - 1):i + 2]
+    assert sum(r.meta["pair_id"] is not None for r in records) >= len(records) // 2  # mostly pairs
+
+
+def test_single_training_layout_has_no_twins(tmp_path):
+    make_synthetic_dataset(tmp_path, seed=3, train_layout="single", **dict(SMALL, num_train=7))
+    train = read_list(tmp_path / "synthetic_train.jsonl")
+    assert all(r.meta["pair_id"] is None and r.meta["twin"] is None for r in train)
+    assert {r.meta["motion"] for r in train} == {"left", "right", "up", "down", "grow", "shrink", "still"}
+    with pytest.raises(ValueError, match="train_layout"):
+        make_synthetic_dataset(tmp_path / "bad", train_layout="pairs", **SMALL)
 
 
 def test_splits_disjoint_in_trajectories_and_training_covers_every_attribute(small_set):

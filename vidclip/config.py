@@ -94,6 +94,7 @@ class DataCfg:
     reader_backend: str = "auto"  # auto | decord | pyav
     num_workers: int = 2  # data-loader worker processes
     max_videos: Optional[int] = None  # use only the first N videos of every list (quick runs)
+    group_by_meta: Optional[str] = None  # training: videos sharing meta[<key>] (e.g. pair_id) share a batch
 
 
 # --------------------------------------------------------------------------------------------------- train block

@@ -31,14 +31,29 @@ def symmetric_infonce(logits: torch.Tensor, targets: Optional[Tuple[torch.Tensor
     return 0.5 * (loss_t + loss_v)
 
 
+def identity_targets(n: int, device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Identity soft targets ``(I, I)``: with them :func:`symmetric_infonce` equals the hard-label loss."""
+    eye = torch.eye(n, device=device)
+    return eye, eye
+
+
 class ContrastiveLoss(torch.nn.Module):
-    """Symmetric InfoNCE; with ``rectify_targets`` Norton's OT-rectified soft targets (any head)."""
+    """Symmetric InfoNCE; with ``rectify_targets`` Norton's OT-rectified soft targets (any head).
+
+    Args:
+        loss_cfg: ``cfg.train.loss`` (``rectify_targets``, ``rectify_beta``, ``rectify_epsilon``, ``rectify_iters``);
+            None = plain symmetric InfoNCE.
+
+    The rectifying Sinkhorn sees the scaled logits ``exp(logit_scale) * cos`` (no gradient), so with
+    ``rectify_epsilon = 1`` the plan has the temperature of the loss itself (Norton uses raw dot products, ε = 1).
+    """
 
     def __init__(self, loss_cfg=None):
         super().__init__()
         self.cfg = loss_cfg
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Loss of (N, N) scaled logits with the positives on the diagonal."""
         targets = None
         if self.cfg is not None and self.cfg.rectify_targets:
             from .ops.ot import rectified_targets

@@ -71,6 +71,31 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, seed: Optional[int] 
     )
 
 
+def batch_groups(dataset: VideoTextDataset, key: str) -> list[list[int]]:
+    """Item indices of a training ``dataset`` grouped by ``record.meta[key]``, for ``data.group_by_meta``.
+
+    Records whose meta lacks ``key`` (or holds None) are groups of one; groups follow the order of first appearance.
+    Needs one item per video (``caption_sampling=random``): with ``all`` a group would put the same video in a batch
+    several times, and those copies would be each other's false negatives.
+    """
+    if len(dataset) != len(dataset.records):
+        raise ConfigError(f"data.group_by_meta={key} needs one training item per video (data.caption_sampling=random); "
+                          f"the dataset has {len(dataset)} items for {len(dataset.records)} videos")
+    groups: dict[object, list[int]] = {}
+    singles = 0
+    for index, record in enumerate(dataset.records):
+        value = (record.meta or {}).get(key)
+        if value is None:
+            value, singles = ("__single__", index), singles + 1
+        groups.setdefault(value, []).append(index)
+    if singles == len(dataset.records):
+        _logger.warning("data.group_by_meta=%s: no training record has meta.%s; batches are plain shuffles", key, key)
+    else:
+        _logger.info("data.group_by_meta=%s: %d videos in %d groups (%d without the key)", key,
+                     len(dataset.records), len(groups), singles)
+    return list(groups.values())
+
+
 def build_eval_loader(cfg: DictConfig, dataset: VideoTextDataset, batch_size: Optional[int] = None) -> DataLoader:
     """Deterministic loader over the videos of an evaluation dataset (each video decoded once)."""
     workers = cfg.data.num_workers

@@ -11,13 +11,14 @@ logged once with its path and counted; the collate function drops such items and
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import DataListError, VideoDecodeError
+from ..errors import VideoDecodeError
 from .lists import VideoRecord, resolve_video_path
 from .readers import open_video
 
@@ -36,20 +37,33 @@ class VideoTextDataset(Dataset):
         caption_sampling: ``random`` (one caption per video per epoch) or ``all`` (every pair), training only.
         backend: video reader backend.
         seed: seeds caption choice and random frame sampling: item i of epoch e is a function of (seed, e, i).
+        reader_factory: ``path -> reader`` (default ``open_video(path, backend)``); the reader is a context manager.
+        max_failures_logged: distinct failed videos logged with a warning; later ones are logged at debug level.
+
+    Raises:
+        DataListError: a record's path escapes ``videos_root`` (checked for every record up front).
+
+    Failures are counted per process: with DataLoader workers, ``num_failed`` / ``failed_paths`` of the dataset in
+    the main process stay empty; the batches' ``"failed"`` lists are the reliable record.
     """
 
     def __init__(self, records: Sequence[VideoRecord], videos_root: str, sampler: Callable, transform: Callable,
                  mode: str = "train", caption_sampling: str = "random", backend: str = "auto", seed: int = 0,
-                 reader_factory: Optional[Callable] = None):
+                 reader_factory: Optional[Callable] = None, max_failures_logged: int = 20):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        if caption_sampling not in ("random", "all"):
+            raise ValueError(f"caption_sampling must be 'random' or 'all', got {caption_sampling!r}")
         self.records = list(records)
         self.videos_root = videos_root
+        self._paths = [resolve_video_path(videos_root, r) for r in self.records]  # refuses paths escaping the root
         self.sampler, self.transform = sampler, transform
         self.mode, self.caption_sampling, self.backend, self.seed = mode, caption_sampling, backend, seed
-        self.reader_factory = reader_factory or (lambda path: open_video(path, backend=backend))
+        self.reader_factory = reader_factory or partial(open_video, backend=backend)  # picklable for workers
         self.epoch = 0
-        self.failed_paths: Dict[int, str] = {}
+        self.max_failures_logged = max_failures_logged
+        self._failed: Dict[int, str] = {}  # video index -> record path
+        self._index_of_path = {r.path: i for i, r in reversed(list(enumerate(self.records)))}  # first one wins
         self.texts: List[str] = [c for r in self.records for c in r.captions]
         self.text_to_video: List[int] = [i for i, r in enumerate(self.records) for _ in r.captions]
         self._pairs = ([(i, j) for i, r in enumerate(self.records) for j in range(len(r.captions))]
@@ -61,7 +75,17 @@ class VideoTextDataset(Dataset):
 
     @property
     def num_failed(self) -> int:
-        return len(self.failed_paths)
+        """Distinct videos that failed to decode in this process."""
+        return len(self._failed)
+
+    @property
+    def failed_paths(self) -> List[str]:
+        """Record paths of the videos that failed to decode in this process, in list order."""
+        return [self._failed[i] for i in sorted(self._failed)]
+
+    def index_of_path(self, path: str) -> int:
+        """Video index of a record path (as reported in a batch's ``"failed"``); -1 when unknown."""
+        return self._index_of_path.get(str(path), -1)
 
     def __len__(self) -> int:
         return len(self._pairs) if self._pairs is not None else len(self.records)
@@ -78,10 +102,9 @@ class VideoTextDataset(Dataset):
         return captions[caption_index]
 
     def load_video(self, video_index: int, rng: Optional[np.random.Generator] = None):
-        """(frames float (T, 3, S, S), mask bool (T,)) for a record; raises VideoDecodeError / DataListError."""
+        """(frames float (T, 3, S, S), mask bool (T,)) of a record; raises VideoDecodeError."""
         record = self.records[video_index]
-        path = resolve_video_path(self.videos_root, record)
-        with self.reader_factory(str(path)) as reader:
+        with self.reader_factory(str(self._paths[video_index])) as reader:
             picked = self.sampler(reader.num_frames, reader.fps, start=record.start, end=record.end,
                                   generator=rng if self.mode == "train" else None)
             valid = np.asarray(picked.mask, dtype=bool)
@@ -94,16 +117,26 @@ class VideoTextDataset(Dataset):
         out[torch.from_numpy(valid)] = pixels
         return out, torch.from_numpy(valid)
 
+    def _record_failure(self, video_index: int, exc: Exception) -> None:
+        if video_index in self._failed:
+            return
+        self._failed[video_index] = self.records[video_index].path
+        if len(self._failed) <= self.max_failures_logged:
+            _logger.warning("skipping video %s (%s): %s", self.records[video_index].path, self._paths[video_index], exc)
+            if len(self._failed) == self.max_failures_logged:
+                _logger.warning("%d videos failed; further failures are counted but logged at debug level only",
+                                self.max_failures_logged)
+        else:
+            _logger.debug("skipping video %s: %s", self._paths[video_index], exc)
+
     def __getitem__(self, index: int) -> Dict[str, Any]:
         video_index, caption_index = self._pairs[index] if self._pairs is not None else (index, None)
         rng = self._rng(index)
         record = self.records[video_index]
         try:
             video, mask = self.load_video(video_index, rng)
-        except (VideoDecodeError, DataListError) as exc:
-            if video_index not in self.failed_paths:
-                _logger.warning("skipping video %s: %s", record.path, exc)
-            self.failed_paths[video_index] = record.path
+        except VideoDecodeError as exc:
+            self._record_failure(video_index, exc)
             return {"failed": record.path, "error": str(exc), "index": video_index, "video_id": record.video_id}
         return {"video": video, "video_mask": mask, "caption": self._caption(video_index, caption_index, rng),
                 "video_id": record.video_id, "index": video_index}

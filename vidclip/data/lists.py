@@ -54,6 +54,14 @@ def _parse_line(line: str, path: Path, lineno: int) -> VideoRecord:
     if unknown:
         raise DataListError(f"{path}:{lineno}: unknown key(s) {', '.join(sorted(unknown))}; put extra information "
                             "under \"meta\"")
+    for key in ("start", "end"):
+        value = obj.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DataListError(f"{path}:{lineno}: '{key}' must be a number of seconds or null, got {value!r}")
+    sentences = obj.get("sentences")
+    if sentences is not None and not (isinstance(sentences, list)
+                                      and all(isinstance(s, dict) and "text" in s for s in sentences)):
+        raise DataListError(f"{path}:{lineno}: 'sentences' must be a list of {{\"text\", \"start\", \"end\"}} objects")
     return VideoRecord(video_id=str(obj["video_id"]), path=str(obj["path"]), captions=[str(c) for c in captions],
                        start=obj.get("start"), end=obj.get("end"), sentences=obj.get("sentences"),
                        meta=obj.get("meta"))
@@ -89,18 +97,31 @@ def write_list(records: Iterable[VideoRecord], path: Union[str, Path]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 
 def resolve_video_path(videos_root: Union[str, Path], record: VideoRecord) -> Path:
-    """Absolute path of a record's video; paths escaping the videos root are refused."""
-    root = Path(videos_root or ".").resolve()
-    candidate = (root / record.path).resolve()
-    if root != candidate and root not in candidate.parents:
-        raise DataListError(f"video '{record.video_id}': path {record.path!r} points outside the videos root {root}; "
-                            "data lists hold paths relative to data.videos_root")
+    """Absolute path of a record's video under ``videos_root``.
+
+    The check is lexical (``..`` and absolute paths are refused) and does not follow symbolic links, so a videos
+    root whose files are links to another disk keeps working.
+
+    Raises:
+        DataListError: the record's path is empty, absolute, or climbs out of the videos root.
+    """
+    root = Path(os.path.abspath(videos_root or "."))
+    rel = str(record.path)
+    candidate = Path(os.path.normpath(root / rel))
+    if not rel.strip() or os.path.isabs(rel) or root not in candidate.parents:
+        raise DataListError(f"video '{record.video_id}': path {rel!r} points outside the videos root {root}; "
+                            "data lists hold paths relative to data.videos_root (no absolute paths, no '..')")
     return candidate

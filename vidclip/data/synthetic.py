@@ -15,14 +15,20 @@ its exact time reversal (same colour, shape and frames, reversed order and oppos
 codec makes the decoded frame sets identical too), so ``motion_direction_accuracy`` can measure how often the true
 clip outscores its twin. Order-invariant models sit at exactly 0.5 there.
 
-Splits: every colour, shape and motion is drawn from a refilled shuffled bag, so each appears in training as soon as
-the split has as many videos as that attribute has values. Colour-shape-motion triples are shared between splits
+Why a model can learn it: the training split is laid out the same way by default (``twins+still``: every direction
+clip next to its reversed twin under one ``meta.pair_id``, plus unpaired still clips). Colour and shape alone solve
+the contrastive task against random in-batch negatives, so nothing pushes a model towards frame order unless the
+reversed twin is in the same batch; ``data.group_by_meta=pair_id`` (see ``configs/data/synthetic.yaml``) keeps it
+there, which makes the twin the hardest negative of every direction caption.
+
+Splits: every colour, shape and axis (motion, for ``single`` training) is drawn from a refilled shuffled bag, so each
+appears in training as soon as the split has as many draws as that attribute has values. Colour-shape-motion triples are shared between splits
 (the vocabulary is small), but trajectories are not: a video whose (colour, shape, axis, trajectory quantised to
 ``size/16`` px) is already used by an earlier split is redrawn. Test is drawn first, then val, then train, each from
 its own random stream, so the test split does not change with the number of training videos.
 
-CLI: ``python tools/make_synthetic.py --out DIR [--num-videos N] [--seed S] [--frames F] [--size PX] [--fps FPS]``
-(also ``vidclip make-synthetic``).
+CLI: ``python tools/make_synthetic.py --out DIR [--num-videos N] [--seed S] [--frames F] [--size PX] [--fps FPS]
+[--train-layout twins+still|twins|single]`` (also ``vidclip make-synthetic``).
 """
 from __future__ import annotations
 
@@ -227,17 +233,39 @@ class ClipSpec:
     twin: str | None = None
 
 
+LAYOUTS = ("twins", "twins+still", "single")  # how a split is drawn, see plan_split
+
+
+def _next_motion(layout: str, room_for_pair: bool, axes: Iterator[str], motions: Iterator[str],
+                 rng: np.random.Generator) -> tuple[str, bool]:
+    """(motion, paired) of the next draw of ``plan_split``."""
+    if layout == "single":
+        return next(motions), False
+    axis = next(axes)
+    if axis == "still" or not room_for_pair:
+        return "still", False
+    return AXES[axis][int(rng.integers(2))], True
+
+
 def plan_split(split: str, count: int, settings: SyntheticSettings, rng: np.random.Generator, taken: set[tuple],
-               twins: bool, captions_per_video: int) -> list[ClipSpec]:
-    """Draw ``count`` clip specifications; with ``twins`` they come as (clip, time-reversed clip) pairs."""
+               layout: str, captions_per_video: int) -> list[ClipSpec]:
+    """Draw ``count`` clip specifications laid out as ``layout``.
+
+    ``twins``: (clip, time-reversed clip) pairs of direction motions only, an odd count ending with one still clip
+    (evaluation). ``twins+still``: draws from the bag {horizontal, vertical, scale, still}, a direction axis giving
+    a twin pair and ``still`` one unpaired clip, so every motion appears and each clip's reversal sits next to it
+    (training with hard negatives). ``single``: independent clips, motions drawn from a bag of the seven motions.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown split layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     colours, shapes = _bag(list(COLOURS), rng), _bag(SHAPES, rng)
-    motions, axes = _bag(MOTIONS, rng), _bag(list(AXES), rng)
+    motions = _bag(MOTIONS, rng)
+    axes = _bag(list(AXES) + (["still"] if layout == "twins+still" else []), rng)
     specs: list[ClipSpec] = []
     while len(specs) < count:
         colour, shape = next(colours), next(shapes)
         vid = f"{split}{len(specs):05d}"
-        paired = twins and len(specs) + 2 <= count
-        motion = AXES[next(axes)][int(rng.integers(2))] if paired else ("still" if twins else next(motions))
+        motion, paired = _next_motion(layout, len(specs) + 2 <= count, axes, motions, rng)
         path = _draw_new_trajectory(colour, shape, motion, settings, rng, taken)
         background = render_background(settings.size, rng)
         caps = captions_for(colour, shape, motion, rng, captions_per_video)
@@ -265,25 +293,31 @@ def _record(split: str, spec: ClipSpec) -> VideoRecord:
 def make_synthetic_dataset(out: Union[str, Path], num_train: int = 240, num_val: int = 48, num_test: int = 64,
                            seed: int = 0, size: int = 64, frames: int = 16, fps: int = 8,
                            captions_per_video: int = 4, codec: str = "libx264rgb",
-                           show_progress: bool | None = None) -> dict[str, Path]:
+                           show_progress: bool | None = None, train_layout: str = "twins+still") -> dict[str, Path]:
     """Write the three splits under ``out`` and return ``{split: path of its JSONL list}``.
 
-    Training videos get ``captions_per_video`` paraphrases; val and test videos get exactly one caption (one text
-    per video, the layout ``motion_direction_accuracy`` expects) and come as time-reversed twin pairs (an odd count
-    ends with one unpaired still clip). Same arguments, same lists and the same decoded frames.
+    Training videos get ``captions_per_video`` paraphrases and are laid out as ``train_layout`` (default
+    ``twins+still``: direction clips come with their time-reversed twin, sharing ``meta.pair_id``, so a batch that
+    keeps twins together — ``data.group_by_meta=pair_id`` — holds the one negative that only frame order can tell
+    apart; ``single``: independent clips). Val and test videos get exactly one caption (one text per video, the
+    layout ``motion_direction_accuracy`` expects) and come as time-reversed twin pairs (an odd count ends with one
+    unpaired still clip). Same arguments, same lists and the same decoded frames.
     """
     for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
         if count < 0:
             raise ValueError(f"{name} must be >= 0, got {count}")
     settings = SyntheticSettings(size=size, frames=frames, fps=fps, codec=codec)
     out = Path(out)
-    plan = {"test": (num_test, True, 1), "val": (num_val, True, 1), "train": (num_train, False, captions_per_video)}
+    if train_layout not in LAYOUTS:
+        raise ValueError(f"train_layout={train_layout!r}; choose one of {', '.join(LAYOUTS)}")
+    plan = {"test": (num_test, "twins", 1), "val": (num_val, "twins", 1),
+            "train": (num_train, train_layout, captions_per_video)}
     taken: set[tuple] = set()
     specs: dict[str, list[ClipSpec]] = {}
     for split in SPLIT_STREAMS:  # test first: it must not depend on the number of training videos
-        count, twins, caps = plan[split]
+        count, layout, caps = plan[split]
         rng = np.random.default_rng([seed, SPLIT_STREAMS[split]])
-        specs[split] = plan_split(split, count, settings, rng, taken, twins, caps)
+        specs[split] = plan_split(split, count, settings, rng, taken, layout, caps)
     _encode_all(out / "videos", specs, settings, show_progress)
     lists = {}
     for split in ("train", "val", "test"):
@@ -378,6 +412,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64, help="frame width and height in pixels (default 64)")
     parser.add_argument("--fps", type=int, default=8, help="frame rate of the files (default 8)")
     parser.add_argument("--captions-per-video", type=int, default=4, help="paraphrases per training video")
+    parser.add_argument("--train-layout", choices=LAYOUTS, default="twins+still",
+                        help="training split: twins+still (default: reversed twin pairs plus still clips), twins, "
+                             "or single (independent clips)")
     parser.add_argument("--codec", choices=CODECS, default="libx264rgb",
                         help="libx264rgb: lossless RGB (default); libx264: yuv420p")
     return parser.parse_args(argv)
@@ -390,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     lists = make_synthetic_dataset(args.out, args.num_videos, args.num_val_videos, args.num_test_videos, args.seed,
-                                   args.size, args.frames, args.fps, args.captions_per_video, args.codec)
+                                   args.size, args.frames, args.fps, args.captions_per_video, args.codec,
+                                   train_layout=args.train_layout)
     _logger.info("videos root: %s; lists: %s", Path(args.out) / "videos", ", ".join(str(p) for p in lists.values()))
     return 0

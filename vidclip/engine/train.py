@@ -83,6 +83,52 @@ class EpochShuffleSampler(Sampler[int]):
         return self.num_items
 
 
+class GroupedEpochShuffleSampler(Sampler[int]):
+    """A shuffle where the items of one group fall into the same batch of ``batch_size`` (``data.group_by_meta``).
+
+    Per (seed, epoch): groups are shuffled, the items of each group shuffled, and groups packed first-fit into
+    batches of ``batch_size`` consecutive positions (a group larger than a batch is cut into batch-sized pieces).
+    Full batches come in the order they fill up; the partly filled ones follow at the end, where ``drop_last`` drops
+    the incomplete last batch. Every item appears exactly once per epoch. Under several processes accelerate hands
+    out whole batches, so groups stay together.
+    """
+
+    def __init__(self, groups: Sequence[Sequence[int]], batch_size: int, seed: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.groups = [list(g) for g in groups if len(g)]
+        self.batch_size = int(batch_size)
+        self.num_items = sum(len(g) for g in self.groups)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order: list[int] = []
+        open_batches: list[list[int]] = []
+        for g in torch.randperm(len(self.groups), generator=generator).tolist():
+            items = [self.groups[g][i] for i in torch.randperm(len(self.groups[g]), generator=generator).tolist()]
+            for start in range(0, len(items), self.batch_size):
+                piece = items[start:start + self.batch_size]
+                batch = next((b for b in open_batches if len(b) + len(piece) <= self.batch_size), None)
+                if batch is None:
+                    batch = []
+                    open_batches.append(batch)
+                batch.extend(piece)
+                if len(batch) == self.batch_size:
+                    order.extend(batch)
+                    open_batches.remove(batch)
+        for batch in open_batches:
+            order.extend(batch)
+        return iter(order)
+
+    def __len__(self) -> int:
+        return self.num_items
+
+
 # ------------------------------------------------------------------------------------------------------ set-up
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="train", description=__doc__.split("\n")[0])
@@ -131,6 +177,16 @@ def validation_list(cfg: DictConfig) -> str | None:
     return val or None
 
 
+def build_train_sampler(cfg: DictConfig, dataset) -> Sampler[int]:
+    """Epoch shuffle; with ``data.group_by_meta`` one that keeps each group (e.g. reversed twins) in one batch."""
+    from ..data.builders import batch_groups
+
+    if cfg.data.group_by_meta:
+        groups = batch_groups(dataset, cfg.data.group_by_meta)
+        return GroupedEpochShuffleSampler(groups, cfg.train.batch_size, cfg.train.seed)
+    return EpochShuffleSampler(len(dataset), cfg.train.seed)
+
+
 def build_train_loader(cfg: DictConfig, dataset) -> DataLoader:
     """Shuffled, ``drop_last`` loader whose order depends only on seed + epoch."""
     from ..data.collate import make_collate
@@ -140,7 +196,7 @@ def build_train_loader(cfg: DictConfig, dataset) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
-        sampler=EpochShuffleSampler(len(dataset), cfg.train.seed),
+        sampler=build_train_sampler(cfg, dataset),
         drop_last=True,
         num_workers=workers,
         collate_fn=make_collate(cfg.model.context_length),
@@ -251,7 +307,7 @@ class Trainer:
         from accelerate import skip_first_batches
 
         epoch, seed = self.state.epoch, self.cfg.train.seed
-        self.loader.set_epoch(epoch)  # accelerate forwards it to EpochShuffleSampler
+        self.loader.set_epoch(epoch)  # accelerate forwards it to the (grouped) epoch shuffle sampler
         self.loader_generator.manual_seed(seed * 100003 + epoch)  # worker base seeds
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
@@ -440,5 +496,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__: list[str] = ["main", "train", "Trainer", "TrainState", "EpochShuffleSampler", "validation_list",
+__all__: list[str] = ["main", "train", "Trainer", "TrainState", "EpochShuffleSampler", "GroupedEpochShuffleSampler",
+                      "build_train_sampler", "validation_list",
                       "run_validation", "total_steps_for"]

@@ -59,6 +59,19 @@ def slice_features(feats: Features, start: int, end: int) -> Features:
     return {k: v[start:end] for k, v in feats.items()}
 
 
+def check_head_kwargs(head_cls: type, model_cfg: Any) -> None:
+    """Raise ``ConfigError`` when ``model.head.kwargs`` holds a key the head's constructor does not accept."""
+    import inspect
+
+    from ..errors import ConfigError
+
+    valid = [name for name in inspect.signature(head_cls.__init__).parameters if name not in ("self", "args", "kwargs")]
+    unknown = sorted(str(key) for key in (model_cfg.head.kwargs or {}) if key not in valid)
+    if unknown:
+        raise ConfigError(f"model.head.kwargs: unknown key(s) {unknown} for head '{model_cfg.head.name}'. "
+                          f"Valid keys: {', '.join(valid)}")
+
+
 def num_rows(feats: Features) -> int:
     return int(feats["pooled"].shape[0])
 

@@ -1,22 +1,35 @@
 """``create_model`` / ``list_models``: architecture files + weights, kept separate as in open_clip.
 
-``pretrained`` is an open_clip tag such as ``"openai"`` (downloaded where the network allows), a local open_clip
-weight file (``.pt`` / ``.bin`` / ``.safetensors``, OpenAI JIT archives included), or a vidclip checkpoint (a run
-directory, a ``checkpoints/step_<N>`` directory, or a ``model.safetensors`` written by vidclip).
+``pretrained`` is one of
+
+* an open_clip tag such as ``"openai"`` or ``"laion2b_s34b_b79k"``: open_clip downloads the weights (or finds them in
+  the Hugging Face cache) and they are loaded into the CLIP backbone;
+* a local open_clip weight file (``.pt`` / ``.pth`` / ``.bin`` state dicts, ``.safetensors``, OpenAI JIT archives
+  such as ``ViT-B-32.pt``), loaded into the CLIP backbone;
+* a vidclip checkpoint: a ``model.safetensors`` written by vidclip (metadata ``{"format": "vidclip", "arch": ...}``),
+  a ``checkpoints/step_<N>`` directory or a run directory; it holds the whole ``VideoTextModel``.
+
+Backbone weights are loaded *before* the video-text model is assembled, so the sequence transformer copies the
+pretrained text blocks and ``logit_scale`` starts at the pretrained CLIP value.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from ..config import MODEL_CONFIG_DIR, ModelCfg, model_config_from_arch
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .video_text_model import VideoTextModel
 
 _logger = logging.getLogger(__name__)
+
+_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def list_models() -> List[str]:
@@ -24,56 +37,173 @@ def list_models() -> List[str]:
     return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
 
 
-def _model_cfg(name_or_config: Union[str, DictConfig, ModelCfg], overrides: dict) -> DictConfig:
-    if isinstance(name_or_config, str):
-        return model_config_from_arch(name_or_config, **overrides)
+def _model_cfg(name_or_config: Union[str, Path, DictConfig, ModelCfg], overrides: Dict[str, Any]) -> DictConfig:
+    """A structured ``ModelCfg`` from an architecture name / file, a ``ModelCfg`` or a full run config."""
+    if isinstance(name_or_config, (str, Path)):
+        return model_config_from_arch(str(name_or_config), **overrides)
     cfg = name_or_config
     if isinstance(cfg, DictConfig) and "model" in cfg and "data" in cfg:
         cfg = cfg.model
-    merged = OmegaConf.merge(OmegaConf.structured(ModelCfg), cfg)
-    return OmegaConf.merge(merged, overrides) if overrides else merged
-
-
-def _is_vidclip_checkpoint(path: Path) -> bool:
-    from ..engine.checkpoint import read_weights_metadata, resolve_model_weights
-
-    if path.is_dir():
-        return True
-    if path.suffix != ".safetensors":
-        return False
     try:
-        return read_weights_metadata(resolve_model_weights(path)).get("format") == "vidclip"
-    except Exception:  # unreadable safetensors: let the open_clip loader report it
-        return False
+        merged = OmegaConf.merge(OmegaConf.structured(ModelCfg), cfg)
+        return OmegaConf.merge(merged, overrides) if overrides else merged
+    except Exception as exc:  # omegaconf validation errors
+        raise ConfigError(f"invalid model config: {exc}") from exc
 
 
-def _build_clip(clip_cfg, pretrained: Optional[str]):
+# ------------------------------------------------------------------------------------------------- CLIP backbone
+def build_clip(clip_cfg) -> nn.Module:
+    """A randomly initialised open_clip ``CLIP``: a named architecture or an inline (tiny) one."""
     import open_clip
 
     if clip_cfg.vision_cfg is not None or clip_cfg.text_cfg is not None:
-        if pretrained:
-            raise CheckpointError(f"pretrained={pretrained!r} cannot be loaded into an inline (custom) architecture; "
-                                  "use a vidclip checkpoint of the same architecture instead")
+        if clip_cfg.vision_cfg is None or clip_cfg.text_cfg is None or clip_cfg.embed_dim is None:
+            raise ConfigError("an inline CLIP architecture needs model.clip.embed_dim, vision_cfg and text_cfg")
         return open_clip.CLIP(embed_dim=int(clip_cfg.embed_dim),
-                              vision_cfg=OmegaConf.to_container(clip_cfg.vision_cfg),
-                              text_cfg=OmegaConf.to_container(clip_cfg.text_cfg), quick_gelu=clip_cfg.quick_gelu)
+                              vision_cfg=OmegaConf.to_container(clip_cfg.vision_cfg, resolve=True),
+                              text_cfg=OmegaConf.to_container(clip_cfg.text_cfg, resolve=True),
+                              quick_gelu=bool(clip_cfg.quick_gelu))
+    if clip_cfg.model_name not in open_clip.list_models():
+        raise ConfigError(f"unknown open_clip architecture '{clip_cfg.model_name}' (key model.clip.model_name). "
+                          "See open_clip.list_models()")
+    return open_clip.create_model(clip_cfg.model_name, pretrained=None, force_quick_gelu=bool(clip_cfg.quick_gelu))
+
+
+def _download_instructions(model_name: str, tag: str) -> str:
+    return (f"To get the weights: on a machine with internet run  python -c \"import open_clip; "
+            f"open_clip.create_model('{model_name}', pretrained='{tag}')\"  and copy its Hugging Face cache "
+            f"(~/.cache/huggingface/hub) to this machine (or set HF_HOME to a copy), or download the weight file "
+            f"(e.g. OpenAI's {model_name}.pt or open_clip_pytorch_model.bin) and pass its local path as pretrained.")
+
+
+def download_open_clip_weights(clip_cfg, tag: str) -> Path:
+    """Local file of open_clip weights for ``tag`` (downloaded, or found in the Hugging Face cache).
+
+    Raises:
+        CheckpointError: unknown tag, inline architecture, or the download failed (offline), with instructions.
+    """
+    import open_clip
+
+    if clip_cfg.vision_cfg is not None or clip_cfg.text_cfg is not None:
+        raise CheckpointError(f"pretrained='{tag}' is neither a local file nor loadable into an inline (custom) CLIP "
+                              "architecture: pass an existing weight file or vidclip checkpoint of this architecture")
+    name = clip_cfg.model_name
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in tags:
+        raise CheckpointError(f"pretrained='{tag}': no such file, and not an open_clip tag of {name}. "
+                              f"Known tags: {', '.join(tags) or 'none'}. Pass an existing path or one of those tags")
+    pretrained_cfg = open_clip.get_pretrained_cfg(name, tag)
     try:
-        return open_clip.create_model(clip_cfg.model_name, pretrained=pretrained,
-                                      force_quick_gelu=clip_cfg.quick_gelu)
-    except Exception as exc:
-        if pretrained and not Path(pretrained).exists():
-            raise CheckpointError(
-                f"could not load pretrained weights '{pretrained}' for {clip_cfg.model_name}: {exc}. Offline? On a "
-                f"machine with internet run: python -c \"import open_clip; open_clip.create_model('"
-                f"{clip_cfg.model_name}', pretrained='{pretrained}')\" and copy the downloaded file (Hugging Face "
-                "cache, ~/.cache/huggingface) here, or pass its local path as pretrained=/path/to/weights.pt") from exc
-        if pretrained:
-            raise CheckpointError(f"{pretrained}: not loadable as open_clip weights for {clip_cfg.model_name}: {exc}. "
-                                  "Check the file and the architecture (model.clip.model_name)") from exc
+        path = open_clip.download_pretrained(pretrained_cfg)
+    except Exception as exc:  # network errors, HF offline mode, missing cache
+        raise CheckpointError(f"could not get the '{tag}' weights of {name} ({exc}). Offline? "
+                              + _download_instructions(name, tag)) from exc
+    if not path or not Path(path).is_file():
+        raise CheckpointError(f"open_clip returned no weight file for {name} '{tag}'. " +
+                              _download_instructions(name, tag))
+    return Path(path)
+
+
+def read_open_clip_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """State dict of an open_clip weight file: safetensors, torch pickles, or OpenAI JIT archives."""
+    import open_clip
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        try:
+            return open_clip.load_state_dict(str(path), weights_only=True)
+        except RuntimeError as exc:
+            if "TorchScript" not in str(exc):
+                raise
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI JIT archive
+            return {k: v for k, v in state.items() if k not in _JIT_EXTRA_KEYS}
+    except CheckpointError:
         raise
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read open_clip weights ({exc}). Expected a .pt/.pth/.bin state dict, "
+                              "a .safetensors file or an OpenAI JIT archive") from exc
 
 
-def create_model(name_or_config: Union[str, DictConfig, ModelCfg], pretrained: Optional[str] = None,
+def check_shapes(expected: Dict[str, torch.Size], found: Dict[str, torch.Size], source: str) -> None:
+    """Raise ``CheckpointError`` naming the first key whose shape differs, and missing / unexpected keys."""
+    for key, shape in found.items():
+        if key in expected and tuple(expected[key]) != tuple(shape):
+            raise CheckpointError(f"{source}: shape mismatch for '{key}': the file has {tuple(shape)}, the model "
+                                  f"expects {tuple(expected[key])}. Were the weights made for another architecture?")
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: weights do not fit the model: {len(missing)} missing (e.g. {missing[:4]}), "
+                              f"{len(unexpected)} unexpected (e.g. {unexpected[:4]}). Check model.arch / "
+                              "model.clip.model_name")
+
+
+def load_open_clip_weights(clip: nn.Module, path: Union[str, Path]) -> None:
+    """Load an open_clip weight file into ``clip`` (strict; position embeddings resized as open_clip does)."""
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    state = read_open_clip_state_dict(path)
+    if next(iter(state), "").startswith("module."):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    model_state = clip.state_dict()
+    if "logit_scale" in state and "logit_scale" in model_state:
+        state["logit_scale"] = state["logit_scale"].reshape(model_state["logit_scale"].shape)
+    if "logit_bias" not in model_state:
+        state.pop("logit_bias", None)
+    resize_pos_embed(state, clip)
+    resize_text_pos_embed(state, clip)
+    check_shapes({k: v.shape for k, v in model_state.items()}, {k: v.shape for k, v in state.items()}, str(path))
+    clip.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- vidclip weights
+def _vidclip_weights_file(path: Path) -> Optional[Path]:
+    """The ``model.safetensors`` of a vidclip checkpoint at ``path``, or None when ``path`` is not one."""
+    from ..engine.checkpoint import read_weights_metadata, resolve_model_weights
+
+    if path.suffix not in ("", ".safetensors") and not path.is_dir():
+        return None
+    try:
+        file = resolve_model_weights(path)
+        is_vidclip = read_weights_metadata(file).get("format") == "vidclip"
+    except Exception:  # not a checkpoint folder / unreadable safetensors: try it as open_clip weights
+        return None
+    if not is_vidclip and path.is_dir():
+        raise CheckpointError(f"{file}: a safetensors file without the vidclip metadata marker; pass the file "
+                              "itself to load it as open_clip weights")
+    return file if is_vidclip else None
+
+
+def load_vidclip_weights(model: VideoTextModel, file: Path) -> Dict[str, str]:
+    """Load a vidclip ``model.safetensors`` into ``model`` after checking every key and shape."""
+    from safetensors import safe_open
+
+    from ..engine.checkpoint import load_model_weights
+
+    with safe_open(str(file), framework="pt") as f:
+        found = {key: torch.Size(f.get_slice(key).get_shape()) for key in f.keys()}
+        meta = dict(f.metadata() or {})
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    arch = meta.get("arch") or "?"
+    check_shapes(expected, found, f"{file} (vidclip checkpoint of arch '{arch}', model arch '{model.cfg.arch}')")
+    return load_model_weights(model, file)
+
+
+# ------------------------------------------------------------------------------------------------------ factory
+def _apply_precision(model: VideoTextModel, precision: str) -> VideoTextModel:
+    if precision not in _PRECISIONS:
+        raise ConfigError(f"invalid model.precision '{precision}'. Valid choices: {', '.join(_PRECISIONS)}")
+    if precision != "fp32":
+        _logger.info("casting every weight to %s (model.precision)", precision)
+        model.to(_PRECISIONS[precision])
+    return model
+
+
+def create_model(name_or_config: Union[str, Path, DictConfig, ModelCfg], pretrained: Optional[Union[str, Path]] = None,
                  **overrides: Any) -> VideoTextModel:
     """Build a ``VideoTextModel``.
 
@@ -81,25 +211,36 @@ def create_model(name_or_config: Union[str, DictConfig, ModelCfg], pretrained: O
         name_or_config: an architecture name from :func:`list_models` (or a YAML path), a ``ModelCfg``, or a full
             run config (its ``model`` block is used).
         pretrained: None (random init), an open_clip tag (``"openai"``), a local open_clip weight file, or a vidclip
-            checkpoint (run dir, step dir, or ``model.safetensors``). Defaults to nothing even if the config names one:
-            callers pass ``cfg.model.pretrained`` explicitly.
+            checkpoint (run dir, step dir, or ``model.safetensors``). The config's ``pretrained`` field is not read
+            here: callers pass ``cfg.model.pretrained`` explicitly.
         overrides: ModelCfg fields to override (e.g. ``context_length=64``).
+
+    Raises:
+        CheckpointError: missing file, unknown tag, failed download (with instructions) or weights that do not fit.
+        ConfigError: invalid architecture.
 
     Example:
         >>> model = create_model("tiny-vifi")
         >>> feats = model.encode_text(["a red circle moves left"])
     """
     cfg = _model_cfg(name_or_config, overrides)
-    pretrained = str(pretrained) if pretrained else None
-    vidclip_ckpt = pretrained is not None and Path(pretrained).exists() and _is_vidclip_checkpoint(Path(pretrained))
-    if pretrained and not vidclip_ckpt and Path(pretrained).suffix and not Path(pretrained).exists():
-        raise CheckpointError(f"pretrained weights not found: {pretrained}. Pass an existing file, a vidclip run "
-                              "directory, or an open_clip tag such as 'openai'")
-    clip = _build_clip(cfg.clip, None if vidclip_ckpt else pretrained)
-    model = VideoTextModel(clip, cfg, pretrained=pretrained)
-    if vidclip_ckpt:
-        from ..engine.checkpoint import load_model_weights
-
-        meta = load_model_weights(model, pretrained)
-        _logger.info("loaded vidclip weights from %s (step %s)", pretrained, meta.get("step"))
-    return model
+    source = str(pretrained) if pretrained else None
+    path = Path(source).expanduser() if source else None
+    vidclip_file = _vidclip_weights_file(path) if path is not None and path.exists() else None
+    clip = build_clip(cfg.clip)
+    if source and vidclip_file is None:
+        if path.exists():
+            weights = path
+        elif path.suffix or "/" in source or "\\" in source:
+            raise CheckpointError(f"pretrained weights not found: {source}. Pass an existing file, a vidclip run or "
+                                  "checkpoint directory, or an open_clip tag such as 'openai'")
+        else:
+            weights = download_open_clip_weights(cfg.clip, source)
+        load_open_clip_weights(clip, weights)
+        _logger.info("loaded open_clip weights %s into %s", weights, cfg.clip.model_name)
+    model = VideoTextModel(clip, cfg, pretrained=source)
+    if vidclip_file is not None:
+        meta = load_vidclip_weights(model, vidclip_file)
+        _logger.info("loaded vidclip weights from %s (arch %s, step %s)", vidclip_file, meta.get("arch"),
+                     meta.get("step"))
+    return _apply_precision(model, cfg.precision)

@@ -17,6 +17,7 @@ class Identity(nn.Module):
     """Frames pass unchanged; the head averages them (CLIP4Clip meanP, ViFi-CLIP, Prompt Switch)."""
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Identity: ``frames`` (B, T, D) unchanged."""
         return frames
 
 
@@ -24,9 +25,13 @@ class Identity(nn.Module):
 class SequenceTransformer(nn.Module):
     """CLIP4Clip's seqTransf: frame position embeddings + residual-attention blocks + residual add of the input.
 
-    Initialised from the CLIP text tower (blocks 0..N-1 and the first positional embeddings) when its width equals the
-    embedding width (true for ViT-B/32 and B/16: 512); otherwise fresh blocks of the embedding width are built.
-    Padded frames are masked out as keys (additive -1e6, as the reference) so they never change valid outputs.
+    Initialised from the CLIP text tower (copies of blocks 0..N-1 and of the first ``max_frames`` text positional
+    embeddings) when the text width equals the embedding width (true for ViT-B/32 and B/16: 512, and for the tiny
+    configs). Otherwise (a custom tower whose text width differs from ``embed_dim``, or fewer text blocks than
+    ``num_layers``) the text blocks cannot take the projected frame features, so fresh residual-attention blocks of
+    the embedding width (about ``embed_dim / 64`` heads) and randomly initialised frame positions are built instead,
+    and a log line says so. Padded frames are masked out as keys (additive -1e6, as the reference) so they never change valid
+    outputs.
     """
 
     def __init__(self, clip: nn.Module, num_layers: int = 4, init_from_text: bool = True, max_frames: int = 77):
@@ -49,34 +54,44 @@ class SequenceTransformer(nn.Module):
         else:
             from open_clip.transformer import ResidualAttentionBlock
 
-            _logger.info("text width %d != embed dim %d: sequence transformer starts from random weights", text_width,
-                         embed_dim)
-            heads = max(1, embed_dim // 64)
+            _logger.info("text width %d / %d blocks do not fit embed dim %d / %d layers: the sequence transformer "
+                         "starts from random weights", text_width, len(blocks), embed_dim, num_layers)
+            heads = max(h for h in range(1, max(1, embed_dim // 64) + 1) if embed_dim % h == 0)
             self.blocks = nn.ModuleList(ResidualAttentionBlock(embed_dim, heads, batch_first=True)
                                         for _ in range(num_layers))
         self.heads = self.blocks[0].attn.num_heads
         self.batch_first = getattr(clip.transformer, "batch_first", True)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``frames`` (B, T, D), ``mask`` (B, T) bool True = real -> (B, T, D); padded frames never affect real ones."""
         batch, length, _ = frames.shape
-        pos = self.frame_position_embeddings.weight[:length].to(frames.dtype)
+        if length > self.frame_position_embeddings.num_embeddings:
+            raise ValueError(f"{length} frames per video but the sequence transformer has "
+                             f"{self.frame_position_embeddings.num_embeddings} frame positions")
+        pos = self.frame_position_embeddings.weight[:length].to(frames.dtype)  # (T, D)
         x = frames + pos.unsqueeze(0)  # (B, T, D)
-        bias = torch.where(mask, 0.0, -1e6).to(frames.dtype)  # (B, T) keys
+        neg = -min(1e6, torch.finfo(frames.dtype).max / 4)  # -1e6 as the reference; finite in fp16
+        bias = torch.zeros(mask.shape, dtype=frames.dtype, device=frames.device).masked_fill(~mask, neg)  # (B, T) keys
         attn_mask = bias[:, None, :].expand(batch, length, length).repeat_interleave(self.heads, 0)  # (B*h, T, T)
         x = x if self.batch_first else x.transpose(0, 1)
         for block in self.blocks:
             x = block(x, attn_mask=attn_mask)
         x = x if self.batch_first else x.transpose(0, 1)
-        return x + frames
+        return x + frames  # residual add of the input frame features
 
 
 def _reset(module: nn.Module) -> None:
     for child in module.modules():
-        if hasattr(child, "reset_parameters") and child is not module:
+        if child is module:
+            continue
+        if hasattr(child, "reset_parameters"):
             child.reset_parameters()
+        elif hasattr(child, "_reset_parameters"):  # nn.MultiheadAttention
+            child._reset_parameters()
 
 
 def build_temporal(clip: nn.Module, temporal_cfg) -> nn.Module:
+    """The temporal module named by ``temporal_cfg.type`` ("mean" | "seq_transformer"), built on ``clip``."""
     if temporal_cfg.type == "mean":
         return TEMPORAL.create("mean")
     return TEMPORAL.create(temporal_cfg.type, clip=clip, num_layers=temporal_cfg.num_layers,

@@ -17,8 +17,18 @@ from ..tokenizer import text_mask, tokenize
 
 
 class TextEncoder(nn.Module):
+    """open_clip's text tower (shared modules, not copies) with a shorter context.
+
+    ``forward(texts)`` takes captions (tokenised to ``context_length`` with :func:`vidclip.tokenizer.tokenize`) or
+    token ids ``(B, L)`` with ``L <= 77`` and returns a :class:`TextEncoderOutput`.
+    """
+
     def __init__(self, clip: nn.Module, context_length: int):
         super().__init__()
+        pool_type = getattr(clip, "text_pool_type", "argmax")
+        if pool_type != "argmax":
+            raise ValueError(f"text tower pools with '{pool_type}'; vidclip's text encoder expects CLIP's 'argmax' "
+                             "(EOT token) pooling")
         if context_length > clip.positional_embedding.shape[0]:
             raise ValueError(f"context_length {context_length} exceeds the text tower's "
                              f"{clip.positional_embedding.shape[0]} positions")
@@ -32,12 +42,17 @@ class TextEncoder(nn.Module):
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the residual blocks in backward (training only) to save activation memory."""
         self.grad_checkpointing = enable
 
-    def tokenize(self, texts: Union[List[str], torch.Tensor]) -> torch.Tensor:
+    def tokenize(self, texts: Union[str, List[str], torch.Tensor]) -> torch.Tensor:
+        """Token ids (B, L): tensors pass through (checked), strings are tokenised to ``context_length``."""
         if isinstance(texts, torch.Tensor):
-            return texts
-        return tokenize(list(texts), self.context_length)
+            if texts.dim() != 2 or texts.shape[1] > self.positional_embedding.shape[0]:
+                raise ValueError(f"token ids must be (B, L) with L <= {self.positional_embedding.shape[0]}, got "
+                                 f"{tuple(texts.shape)}")
+            return texts.long()
+        return tokenize([texts] if isinstance(texts, str) else list(texts), self.context_length)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         if self.text_projection is None:
@@ -46,10 +61,12 @@ class TextEncoder(nn.Module):
             return self.text_projection(x)
         return x @ self.text_projection
 
-    def forward(self, texts: Union[List[str], torch.Tensor]) -> TextEncoderOutput:
+    def forward(self, texts: Union[str, List[str], torch.Tensor]) -> TextEncoderOutput:
+        """EOT feature (B, E), every token's feature (B, L, E) after ln_final @ text_projection, and the token mask."""
         tokens = self.tokenize(texts).to(self.token_embedding.weight.device)  # (B, L)
         length = tokens.shape[1]
-        x = self.token_embedding(tokens) + self.positional_embedding[:length]  # (B, L, W)
+        x = self.token_embedding(tokens) + self.positional_embedding[:length].to(self.token_embedding.weight.dtype)
+        # x: (B, L, W)
         mask = self.attn_mask[:length, :length].to(x.dtype)
         batch_first = getattr(self.transformer, "batch_first", True)
         x = x if batch_first else x.transpose(0, 1)

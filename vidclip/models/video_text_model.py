@@ -1,45 +1,67 @@
-"""``VideoTextModel``: frame encoder + temporal module + text encoder + alignment head, and the training losses."""
+"""``VideoTextModel``: frame encoder + temporal module + text encoder + alignment head, and the training losses.
+
+Data flow: frames (B, T, 3, H, W) -> frame encoder (B, T, E) [+ patches] -> temporal (B, T, E) -> head video features;
+captions -> text encoder (EOT (B, E), tokens (B, L, E)) -> head text features; ``head.similarity`` -> (N_t, N_v) in
+cosine units; ``forward`` scales them by ``exp(logit_scale)`` (clamped) for symmetric InfoNCE.
+"""
 from __future__ import annotations
 
+import inspect
+import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from ..constants import CLIP_MEAN, CLIP_STD
 from ..heads import create_head
 from ..heads.base import Features, VideoEncoderOutput
 from ..losses import ContrastiveLoss
+from ..registry import HEADS
 from .frame_encoder import build_frame_encoder
 from .temporal import build_temporal
 from .text_encoder import TextEncoder
 
+_logger = logging.getLogger(__name__)
+
 Gather = Callable[[Features], Features]
+
+# Words whose captioning-loss class weight is lowered (Prompt Switch, methods.md §2.1(f)); SOT/EOT are added by id.
+FREQUENT_WORDS = ("in", "on", "of", "to", "about", "this", "that", "a", "an", "the", "and", "there", "here", "is",
+                  "are", ".", ",")
 
 
 class VideoTextModel(nn.Module):
     """Encode videos and texts into head features and score them; ``forward(batch)`` returns the training losses.
 
     Video features never depend on the text query (they can be extracted once and cached).
+
+    Args:
+        clip: an open_clip ``CLIP`` (weights already loaded); its towers are reused, not copied.
+        cfg: the ``ModelCfg`` (structured DictConfig).
+        pretrained: where the weights came from (recorded in :meth:`model_info`).
     """
 
     def __init__(self, clip: nn.Module, cfg, pretrained: Optional[str] = None):
         super().__init__()
         self.cfg = cfg
         self.pretrained = pretrained
+        HEADS.get(cfg.head.name).check_config(cfg)
         self.frame_encoder = build_frame_encoder(clip.visual, cfg)
         self.text_encoder = TextEncoder(clip, cfg.context_length)
         self.text_encoder.set_grad_checkpointing(cfg.grad_checkpointing)
         self.temporal = build_temporal(clip, cfg.temporal)
         self.embed_dim = int(clip.visual.output_dim)
         self.head = create_head(cfg.head.name, **_head_kwargs(cfg, self.embed_dim))
-        init_scale = clip.logit_scale.detach().clone() if hasattr(clip, "logit_scale") else torch.tensor(
-            math.log(1 / 0.07))
-        self.logit_scale = nn.Parameter(init_scale.reshape(()))
+        init_scale = getattr(clip, "logit_scale", None)
+        init_scale = torch.tensor(math.log(1 / 0.07)) if init_scale is None else init_scale.detach().clone()
+        self.logit_scale = nn.Parameter(init_scale.reshape(()).float())
+        self.captioner = _build_captioner(cfg, self.text_encoder, self.embed_dim)
         self.loss = ContrastiveLoss()
         self.aux_weight = 1.0
-        self.image_size = int(_as_int(getattr(clip.visual, "image_size", 224)))
+        self.image_size = int(_first(getattr(clip.visual, "image_size", 224)))
 
     def set_loss_config(self, loss_cfg) -> None:
         """Use the training config's loss options (Norton rectified targets, auxiliary-loss weight)."""
@@ -47,16 +69,21 @@ class VideoTextModel(nn.Module):
         self.aux_weight = float(loss_cfg.aux_weight)
 
     # ------------------------------------------------------------------------------------------ encoders
-    def encode_video_outputs(self, frames: torch.Tensor, mask: torch.Tensor) -> VideoEncoderOutput:
-        out = self.frame_encoder(frames, mask)
-        mask = mask.to(torch.bool).to(out.frames.device)
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.logit_scale.dtype
+
+    def encode_video_outputs(self, frames: torch.Tensor, mask: Optional[torch.Tensor] = None) -> VideoEncoderOutput:
+        """Encoder outputs before the head: raw frame features, temporal features, mask, patches."""
+        if mask is None:
+            mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
+        out = self.frame_encoder(frames.to(self.dtype), mask)
+        mask = mask.to(device=out.frames.device, dtype=torch.bool)  # (B, T)
         return VideoEncoderOutput(frames=out.frames, temporal=self.temporal(out.frames, mask), mask=mask,
                                   patches=out.patches)
 
     def encode_video(self, frames: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Features:
         """Head video features of ``frames`` (B, T, 3, H, W), preprocessed; ``mask`` (B, T) bool, True = real."""
-        if mask is None:
-            mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
         return self.head.encode_video(self.encode_video_outputs(frames, mask))
 
     def encode_text(self, texts: Union[List[str], torch.Tensor]) -> Features:
@@ -64,54 +91,96 @@ class VideoTextModel(nn.Module):
         return self.head.encode_text(self.text_encoder(texts))
 
     def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
-        """(N_t, N_v) scores in cosine units."""
+        """(N_t, N_v) scores in cosine units (delegates to the head; any chunk of texts x videos)."""
         return self.head.similarity(text_feats, video_feats)
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=math.log(self.cfg.logit_scale_max)).exp()
+        """``exp(logit_scale)`` with ``logit_scale`` clamped to ``ln(cfg.logit_scale_max)``."""
+        return self.logit_scale.float().clamp(max=math.log(self.cfg.logit_scale_max)).exp()
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, batch: Dict[str, Any], gather: Optional[Gather] = None) -> Dict[str, torch.Tensor]:
-        """Losses of a batch: contrastive over the (gathered) global batch plus the head's auxiliary losses."""
+        """Losses of a batch: contrastive over the (gathered) global batch, head auxiliary losses, captioning loss.
+
+        Args:
+            batch: collated batch with ``video`` (B, T, 3, H, W), ``video_mask`` (B, T), ``text_tokens`` (B, L).
+            gather: maps local ``Features`` to the features of every process (with gradients); identity if None.
+
+        Returns:
+            ``{"loss": total, "contrastive": ..., <aux name>: weighted aux loss, "caption": ... (if enabled)}``.
+        """
         gather = gather or (lambda feats: feats)
-        video = self.encode_video(batch["video"], batch["video_mask"])
+        outputs = self.encode_video_outputs(batch["video"], batch["video_mask"])
+        video = self.head.encode_video(outputs)
         text = self.encode_text(batch["text_tokens"])
         video_all, text_all = gather(video), gather(text)
-        logits = self.scale() * self.head.similarity(text_all, video_all)
+        logits = self.scale() * self.head.similarity(text_all, video_all).float()  # (N, N)
         losses = {"contrastive": self.loss(logits)}
         for name, value in self.head.aux_losses(text_all, video_all).items():
-            losses[name] = self.aux_weight * value
+            losses[name] = self.aux_weight * value.float()
+        if self.captioner is not None:
+            tokens = batch["text_tokens"].to(outputs.frames.device)
+            caption = self.captioner.loss(outputs.frames, tokens)  # un-normalised frame embeddings (B, T, E)
+            losses["caption"] = float(self.cfg.prompt.caption_loss_weight) * caption.float()
         losses["loss"] = sum(losses.values())
         return losses
 
     # ------------------------------------------------------------------------------------------ reports
     @property
     def preprocess_cfg(self) -> Dict[str, Any]:
-        return {"image_size": self.image_size, "mean": CLIP_MEAN, "std": CLIP_STD}
+        """What the video transform must produce: square crops of ``image_size``, CLIP mean / std."""
+        return {"image_size": self.image_size, "mean": tuple(CLIP_MEAN), "std": tuple(CLIP_STD)}
 
     def model_info(self) -> Dict[str, Any]:
-        return {"arch": self.cfg.arch, "head": self.cfg.head.name, "temporal": self.cfg.temporal.type,
+        """Identity of the model for reports and extraction manifests."""
+        return {"arch": self.cfg.arch, "clip": self.cfg.clip.model_name if self.cfg.clip.vision_cfg is None
+                else "inline", "head": self.cfg.head.name, "temporal": self.cfg.temporal.type,
+                "embed_dim": self.embed_dim, "context_length": int(self.cfg.context_length),
                 "prompt_cube": bool(self.cfg.prompt.enabled), "pretrained": self.pretrained,
                 "parameters": sum(p.numel() for p in self.parameters())}
 
 
-def _as_int(size) -> int:
+def _first(size) -> int:
     return size[0] if isinstance(size, (tuple, list)) else size
 
 
 def _head_kwargs(cfg, embed_dim: int) -> Dict[str, Any]:
     """The YAML head kwargs, plus the model facts a head may ask for (embed_dim, max_words) when it accepts them."""
-    import inspect
-
-    from omegaconf import OmegaConf
-
-    from ..registry import HEADS
-
-    kwargs = dict(OmegaConf.to_container(cfg.head.kwargs, resolve=True)) if not isinstance(cfg.head.kwargs, dict) \
-        else dict(cfg.head.kwargs)
+    kwargs = cfg.head.kwargs
+    kwargs = dict(OmegaConf.to_container(kwargs, resolve=True)) if OmegaConf.is_config(kwargs) else dict(kwargs or {})
     params = inspect.signature(HEADS.get(cfg.head.name)).parameters
-    facts = {"embed_dim": embed_dim, "max_words": cfg.context_length}
+    facts = {"embed_dim": embed_dim, "max_words": int(cfg.context_length)}
     for key, value in facts.items():
         if key in params and key not in kwargs:
             kwargs[key] = value
+    unknown = [k for k in kwargs if k not in params] if not any(
+        p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()) else []
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"model.head.kwargs: unknown argument(s) {unknown} for head '{cfg.head.name}'. "
+                          f"Valid: {', '.join(params)}")
     return kwargs
+
+
+def frequent_word_ids(words: Sequence[str] = FREQUENT_WORDS) -> List[int]:
+    """BPE ids of the frequent words plus SOT and EOT (the captioning loss weights them down)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer()
+    ids = {i for word in words for i in tokenizer.encode(word)}
+    ids.update((tokenizer.sot_token_id, tokenizer.eot_token_id))
+    return sorted(ids)
+
+
+def _build_captioner(cfg, text_encoder: TextEncoder, embed_dim: int) -> Optional[nn.Module]:
+    """Prompt Switch's auxiliary captioner when ``cfg.prompt.caption_loss_weight > 0`` (else None)."""
+    if not cfg.prompt.caption_loss_weight or cfg.prompt.caption_loss_weight <= 0:
+        return None
+    from .prompt_cube import PromptCaptioner
+
+    return PromptCaptioner(embed_dim=embed_dim, vocab_size=text_encoder.token_embedding.num_embeddings,
+                           num_layers=int(cfg.prompt.caption_layers), token_embedding=text_encoder.token_embedding,
+                           positional_embedding=text_encoder.positional_embedding,
+                           frequent_word_ids=frequent_word_ids(),
+                           frequent_word_weight=float(cfg.prompt.frequent_word_weight))

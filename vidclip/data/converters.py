@@ -1,0 +1,235 @@
+"""Official annotation files of MSR-VTT, MSVD and DiDeMo -> ``VideoRecord`` lists (pure parsing, no disk scans).
+
+Every reader raises ``DataListError`` naming the file (and row or key) when a file does not have the expected layout.
+Where a video lives on disk is decided by the caller through ``path_for(video_id, raw_name) -> relative path``.
+
+Formats (shared/docs/landscape.md §4.5, methods.md §1.2-1.4):
+- MSR-VTT ``MSRVTT_data.json``: ``{"videos": [{"video_id", "split", ...}], "sentences": [{"video_id", "caption",
+  "sen_id"}]}``; ``MSRVTT_train.{9k,7k}.csv``: header ``video_id``; ``MSRVTT_JSFUSION_test.csv``: header
+  ``key,vid_key,video_id,sentence`` (1k-A, one caption per video).
+- MSVD ``raw-captions.pkl`` (``{id: [[token, ...], ...]}``, tokens joined with " ") or ``captions_msvd.json``
+  (``{id: [caption, ...]}``); ``{train,val,test}_list.txt``: one id per line.
+- DiDeMo ``{split}_data.json``: ``[{"annotation_id", "description", "video", "times": [[s, e], ...]}]`` with ``times``
+  in 5-second chunks (one pair per annotator); ``{split}_list.txt``: video file names (odd or missing extensions).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..errors import DataListError
+from .lists import VideoRecord
+
+PathFor = Callable[[str, Optional[str]], str]
+DIDEMO_CHUNK_SECONDS = 5.0
+MSRVTT_HOLDOUT_SALT = "vidclip-msrvtt-val-holdout-v1"
+
+
+def default_path_for(ext: str) -> PathFor:
+    """``path_for`` that names every video ``<video_id><ext>`` (ignores the raw name)."""
+    return lambda video_id, raw_name=None: f"{video_id}{ext}"
+
+
+# ------------------------------------------------------------------------------------------------- shared readers
+def read_id_list(path: Path) -> List[str]:
+    """Ids of a one-per-line split file (blank lines skipped); duplicates raise ``DataListError``."""
+    ids = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    _refuse_duplicates(ids, path)
+    return ids
+
+
+def _refuse_duplicates(ids: Sequence[str], path: Path) -> None:
+    dup = [k for k, n in Counter(ids).items() if n > 1]
+    if dup:
+        raise DataListError(f"{path}: {len(dup)} id(s) listed more than once, e.g. {dup[:3]}; fix the split file")
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataListError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-download the file") from exc
+
+
+def _csv_rows(path: Path, header: Sequence[str]) -> List[Dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [h for h in header if h not in (reader.fieldnames or [])]
+        if missing:
+            raise DataListError(f"{path}: header {reader.fieldnames} lacks column(s) {missing}; expected a header "
+                                f"line '{','.join(header)}'")
+        return [dict(row) for row in reader]
+
+
+# ------------------------------------------------------------------------------------------------------- MSR-VTT
+def read_msrvtt_ids(path: Path) -> List[str]:
+    """Video ids of ``MSRVTT_train.9k.csv`` / ``MSRVTT_train.7k.csv`` (header ``video_id``), in file order."""
+    ids = [row["video_id"].strip() for row in _csv_rows(path, ["video_id"]) if row["video_id"].strip()]
+    _refuse_duplicates(ids, path)
+    return ids
+
+
+def read_msrvtt_test_csv(path: Path) -> List[Tuple[str, str]]:
+    """``(video_id, sentence)`` rows of ``MSRVTT_JSFUSION_test.csv`` (1k-A), in file order."""
+    rows = [(row["video_id"].strip(), row["sentence"]) for row in
+            _csv_rows(path, ["key", "vid_key", "video_id", "sentence"])]
+    _refuse_duplicates([vid for vid, _ in rows], path)
+    return rows
+
+
+def read_msrvtt_data_json(path: Path) -> Tuple[Dict[str, List[str]], Dict[str, str]]:
+    """Captions of each video (file order) and the official split of each video from ``MSRVTT_data.json``."""
+    data = _load_json(path)
+    if not isinstance(data, dict) or "videos" not in data or "sentences" not in data:
+        raise DataListError(f"{path}: expected an object with keys 'videos' and 'sentences' (MSRVTT_data.json)")
+    splits: Dict[str, str] = {}
+    for i, video in enumerate(data["videos"]):
+        _require_keys(video, ("video_id", "split"), path, f"videos[{i}]")
+        splits[str(video["video_id"])] = str(video["split"])
+    captions: Dict[str, List[str]] = {}
+    for i, sentence in enumerate(data["sentences"]):
+        _require_keys(sentence, ("video_id", "caption"), path, f"sentences[{i}]")
+        captions.setdefault(str(sentence["video_id"]), []).append(str(sentence["caption"]))
+    return captions, splits
+
+
+def _require_keys(obj, keys: Sequence[str], path: Path, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise DataListError(f"{path}: {where} must be an object, got {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise DataListError(f"{path}: {where} lacks key(s) {missing}")
+
+
+def msrvtt_test_records(rows: Sequence[Tuple[str, str]], path_for: PathFor) -> List[VideoRecord]:
+    """1k-A: one record per test row with its single caption."""
+    return [VideoRecord(video_id=vid, path=path_for(vid, None), captions=[sentence]) for vid, sentence in rows]
+
+
+def captioned_records(ids: Sequence[str], captions: Dict[str, List[str]], path_for: PathFor
+                      ) -> Tuple[List[VideoRecord], List[str]]:
+    """Records (all captions) of ``ids`` in order, and the ids that have no caption at all (left out)."""
+    records, uncaptioned = [], []
+    for vid in ids:
+        if captions.get(vid):
+            records.append(VideoRecord(video_id=vid, path=path_for(vid, None), captions=list(captions[vid])))
+        else:
+            uncaptioned.append(vid)
+    return records, uncaptioned
+
+
+def holdout_ids(ids: Sequence[str], size: int, salt: str = MSRVTT_HOLDOUT_SALT) -> List[str]:
+    """A deterministic held-out subset of ``ids`` (in input order).
+
+    The ``size`` ids with the smallest ``sha256(salt + "/" + id)`` are chosen, so the subset depends only on the ids
+    themselves (not on file order, Python's hash seed or a random generator's version).
+    """
+    if size > len(ids):
+        raise DataListError(f"cannot hold out {size} videos from a list of {len(ids)}")
+    ranked = sorted(ids, key=lambda vid: hashlib.sha256(f"{salt}/{vid}".encode()).hexdigest())
+    chosen = set(ranked[:size])
+    return [vid for vid in ids if vid in chosen]
+
+
+# --------------------------------------------------------------------------------------------------------- MSVD
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickler for plain containers only: ``raw-captions.pkl`` is a dict of lists of lists of str."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain dict/list/str data is expected")
+
+
+def read_msvd_captions(path: Path) -> Dict[str, List[str]]:
+    """MSVD captions per video id from ``captions_msvd.json`` or ``raw-captions.pkl`` (token lists joined by " ")."""
+    path = Path(path)
+    if path.suffix == ".pkl":
+        try:
+            with open(path, "rb") as f:
+                raw = _PlainDataUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise DataListError(f"{path}: not a plain pickle of {{id: [[token, ...], ...]}} ({exc})") from exc
+    else:
+        raw = _load_json(path)
+    if not isinstance(raw, dict):
+        raise DataListError(f"{path}: expected a mapping video_id -> captions, got {type(raw).__name__}")
+    captions: Dict[str, List[str]] = {}
+    for vid, items in raw.items():
+        if not isinstance(items, list):
+            raise DataListError(f"{path}: captions of '{vid}' must be a list, got {type(items).__name__}")
+        captions[str(vid)] = [" ".join(map(str, c)) if isinstance(c, (list, tuple)) else str(c) for c in items]
+    return captions
+
+
+# ------------------------------------------------------------------------------------------------------- DiDeMo
+def strip_video_extension(name: str) -> str:
+    """DiDeMo video name without its file extension and trailing dots (``a.mov``, ``a.mp4``, ``a.`` -> ``a``)."""
+    name = name.strip()
+    base, dot, ext = name.rpartition(".")
+    if dot and base and ext.isalnum() and len(ext) <= 5:
+        name = base
+    return name.rstrip(".")
+
+
+def moment_seconds(times: Sequence[Sequence[int]]) -> Tuple[float, float]:
+    """(start, end) seconds of a DiDeMo moment from its annotators' ``[first_chunk, last_chunk]`` pairs.
+
+    Aggregation: the most common pair among the annotators, ties broken by the first annotator giving one of the
+    tied pairs; chunk ``k`` covers seconds ``[5k, 5(k+1))``.
+    """
+    pairs = [(int(s), int(e)) for s, e in times]
+    if not pairs:
+        raise ValueError("a moment needs at least one [start_chunk, end_chunk] pair")
+    counts = Counter(pairs)
+    best = max(counts.values())
+    first, last = next(p for p in pairs if counts[p] == best)
+    return first * DIDEMO_CHUNK_SECONDS, (last + 1) * DIDEMO_CHUNK_SECONDS
+
+
+def read_didemo_data(path: Path) -> List[dict]:
+    """Moments of a DiDeMo ``{split}_data.json``, validated (``description``, ``video``, ``times``)."""
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise DataListError(f"{path}: expected a list of moments, got {type(data).__name__}")
+    for i, moment in enumerate(data):
+        _require_keys(moment, ("description", "video", "times"), path, f"entry {i}")
+        times = moment["times"]
+        if not times or not all(isinstance(t, (list, tuple)) and len(t) == 2 for t in times):
+            raise DataListError(f"{path}: entry {i} ('{moment['video']}'): 'times' must be [[start, end], ...] "
+                                f"chunk pairs, got {times!r}")
+    return data
+
+
+def didemo_records(moments: Sequence[dict], list_names: Sequence[str], path_for: PathFor
+                   ) -> Tuple[List[VideoRecord], List[str]]:
+    """Paragraph records for the videos of a split list, and the list names with no moment in the json.
+
+    Names are matched without extension (``strip_video_extension``), so a video annotated under both ``x.mov`` and
+    ``x.mp4`` is one video. Its paragraph joins every description with a single space in file order; ``sentences``
+    keep each description with its moment in seconds (``moment_seconds``). ``start``/``end`` stay None: the
+    whole-video window of the paragraph protocol ([0, 31] s in CLIP4Clip) is an evaluation setting.
+    """
+    by_video: Dict[str, List[dict]] = {}
+    for moment in moments:
+        by_video.setdefault(strip_video_extension(str(moment["video"])), []).append(moment)
+    records, unannotated, seen = [], [], set()
+    for raw_name in list_names:
+        vid = strip_video_extension(raw_name)
+        if vid in seen:
+            continue
+        seen.add(vid)
+        if vid not in by_video:
+            unannotated.append(raw_name)
+            continue
+        sentences = []
+        for moment in by_video[vid]:
+            start, end = moment_seconds(moment["times"])
+            sentences.append({"text": str(moment["description"]), "start": start, "end": end})
+        paragraph = " ".join(s["text"] for s in sentences)
+        records.append(VideoRecord(video_id=vid, path=path_for(vid, raw_name), captions=[paragraph],
+                                   sentences=sentences))
+    return records, unannotated

@@ -1,0 +1,377 @@
+"""``tools/prepare_data.py`` / ``vidclip prepare-data``: official annotation files -> unified JSONL data lists.
+
+``prepare_data.py {msrvtt,msvd,didemo} --annotations DIR --videos DIR --out DIR [--ext .mp4]`` converts every split
+whose files it finds (looking in ``DIR/<dataset>``, ``DIR/splits/<dataset>`` and ``DIR``), writes
+``<out>/<dataset>_<split>.jsonl``, and checks what it read against ``data_lists/expected.json``: each official
+file's sha256 / git blob id and each split's video and caption counts. Videos listed but absent under ``--videos``
+are reported (count, first names, full list in ``<out>/missing_<dataset>.txt``) and kept in the lists unless
+``--drop-missing`` is given; splits whose files are absent are named with the file they need.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..constants import VIDEO_EXTENSIONS
+from ..errors import DataListError
+from . import converters as cv
+from .lists import VideoRecord, write_list
+
+_logger = logging.getLogger(__name__)
+
+DATASETS = ("msrvtt", "msvd", "didemo")
+FOLDER_ALIASES = {"msrvtt": ("msrvtt", "msrvtt_data", "MSRVTT", "MSR-VTT"), "msvd": ("msvd", "msvd_data", "MSVD"),
+                  "didemo": ("didemo", "DiDeMo", "didemo_data")}
+DEFAULT_EXT = {"msrvtt": ".mp4", "msvd": ".avi", "didemo": ".mp4"}
+EXTRA_VIDEO_EXTENSIONS = (".wmv", ".mts", ".m2ts", ".3g2")  # DiDeMo originals beyond constants.VIDEO_EXTENSIONS
+DEFAULT_EXPECTED = Path(__file__).resolve().parents[2] / "data_lists" / "expected.json"
+MSRVTT_VAL_SIZE = 500
+MSRVTT_FULL_SPLITS = {"train": "train_full", "validate": "val_full", "test": "test_full"}
+SHOW = 5  # names shown in log messages before "..."
+
+
+# --------------------------------------------------------------------------------------------------- videos on disk
+class VideoIndex:
+    """Video files under a root, by name without extension: decides each record's path and whether it exists."""
+
+    def __init__(self, videos_root: Path, ext: Optional[str], default_ext: str):
+        self.root, self.ext, self.default_ext = Path(videos_root), ext, default_ext
+        self.files: set = set()
+        self.by_stem: Dict[str, List[str]] = {}
+        if not self.root.is_dir():
+            _logger.warning("videos folder %s does not exist: every listed video will be reported missing", self.root)
+            return
+        suffixes = {e.lower() for e in VIDEO_EXTENSIONS + EXTRA_VIDEO_EXTENSIONS}
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                suffix = os.path.splitext(name)[1].lower()
+                if name.startswith(".") or (suffix not in suffixes and suffix not in ("", ".")):
+                    continue
+                rel = os.path.relpath(os.path.join(folder, name), self.root).replace(os.sep, "/")
+                self.files.add(rel)
+                self.by_stem.setdefault(cv.strip_video_extension(name), []).append(rel)
+        _logger.info("indexed %d video files under %s", len(self.files), self.root)
+
+    def _preference(self, rel: str) -> Tuple[int, int, str]:
+        suffix = os.path.splitext(rel)[1].lower()
+        order = list(VIDEO_EXTENSIONS + EXTRA_VIDEO_EXTENSIONS)
+        return (order.index(suffix) if suffix in order else len(order), rel.count("/"), rel)
+
+    def path_for(self, video_id: str, raw_name: Optional[str] = None) -> str:
+        """Relative path of a video: the file found on disk if any (``--ext`` restricts the choice), else a default."""
+        found = self.by_stem.get(video_id, [])
+        if self.ext:
+            found = [rel for rel in found if rel.lower().endswith(self.ext.lower())]
+        if found:
+            return min(found, key=self._preference)
+        if self.ext:
+            return f"{video_id}{self.ext}"
+        if raw_name and cv.strip_video_extension(raw_name) != raw_name.strip().rstrip("."):
+            return raw_name.strip()  # DiDeMo: the original file name, extension included
+        return f"{video_id}{self.default_ext}"
+
+    def exists(self, rel: str) -> bool:
+        return rel in self.files
+
+
+# --------------------------------------------------------------------------------------------------- result types
+@dataclass
+class Converted:
+    """What a converter produced: records per split, split-list sizes, the splits it could not make and why."""
+
+    splits: Dict[str, List[VideoRecord]] = field(default_factory=dict)
+    list_sizes: Dict[str, int] = field(default_factory=dict)
+    missing_splits: Dict[str, str] = field(default_factory=dict)
+    files: Dict[str, Path] = field(default_factory=dict)  # official file name -> where it was found
+    problems: List[str] = field(default_factory=list)  # disagreements with the official facts
+
+
+@dataclass
+class PrepareReport:
+    """Outcome of ``prepare``: written lists with their counts, missing splits, failed checks, missing videos."""
+
+    dataset: str
+    written: Dict[str, Dict[str, object]] = field(default_factory=dict)
+    missing_splits: Dict[str, str] = field(default_factory=dict)
+    problems: List[str] = field(default_factory=list)
+    missing_videos: Dict[str, List[str]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------- file discovery
+def find_annotation(annotations: Path, dataset: str, name: str) -> Optional[Path]:
+    """First ``name`` found in ``annotations/<alias>``, ``annotations/splits/<alias>`` or ``annotations``."""
+    folders = [annotations / a for a in FOLDER_ALIASES[dataset]]
+    folders += [annotations / "splits" / a for a in FOLDER_ALIASES[dataset]] + [annotations]
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _needs(names: Sequence[str], annotations: Path) -> str:
+    return f"needs {' + '.join(names)} (not found under {annotations})"
+
+
+# --------------------------------------------------------------------------------------------------- converters
+def convert_msrvtt(annotations: Path, index: VideoIndex, val_size: int = MSRVTT_VAL_SIZE) -> Converted:
+    """1k-A test from the JSFusion csv; 9k / 7k / held-out val / full splits from MSRVTT_data.json + id csvs."""
+    out = Converted()
+    names = ("MSRVTT_JSFUSION_test.csv", "MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_data.json")
+    out.files = {n: p for n in names if (p := find_annotation(annotations, "msrvtt", n)) is not None}
+    test_ids: List[str] = []
+    if "MSRVTT_JSFUSION_test.csv" in out.files:
+        rows = cv.read_msrvtt_test_csv(out.files["MSRVTT_JSFUSION_test.csv"])
+        test_ids = [vid for vid, _ in rows]
+        out.splits["test_1ka"] = cv.msrvtt_test_records(rows, index.path_for)
+    else:
+        out.missing_splits["test_1ka"] = _needs(["MSRVTT_JSFUSION_test.csv"], annotations)
+    ids = {k: cv.read_msrvtt_ids(out.files[f"MSRVTT_train.{k}.csv"]) for k in ("9k", "7k")
+           if f"MSRVTT_train.{k}.csv" in out.files}
+    if "9k" in ids and test_ids:
+        overlap = set(ids["9k"]) & set(test_ids)
+        if overlap:
+            out.problems.append(f"{len(overlap)} video(s) are both in MSRVTT_train.9k.csv and the 1k-A test csv, "
+                                f"e.g. {sorted(overlap)[:SHOW]}")
+    if "MSRVTT_data.json" not in out.files:
+        for split in ("train_9k", "train_7k", "val_9k_holdout", "train_9k_minus_val", *MSRVTT_FULL_SPLITS.values()):
+            out.missing_splits[split] = _needs(["MSRVTT_data.json"], annotations) + ", which holds the training captions"
+        return out
+    captions, official = cv.read_msrvtt_data_json(out.files["MSRVTT_data.json"])
+    for key, csv_name in (("9k", "MSRVTT_train.9k.csv"), ("7k", "MSRVTT_train.7k.csv")):
+        if key not in ids:
+            out.missing_splits[f"train_{key}"] = _needs([csv_name], annotations)
+            continue
+        out.splits[f"train_{key}"] = _captioned(ids[key], captions, index, csv_name, out)
+    if "9k" in ids:
+        held = set(cv.holdout_ids(ids["9k"], val_size))
+        out.splits["val_9k_holdout"] = [r for r in out.splits["train_9k"] if r.video_id in held]
+        out.splits["train_9k_minus_val"] = [r for r in out.splits["train_9k"] if r.video_id not in held]
+    else:
+        for split in ("val_9k_holdout", "train_9k_minus_val"):
+            out.missing_splits[split] = _needs(["MSRVTT_train.9k.csv"], annotations)
+    for official_name, split in MSRVTT_FULL_SPLITS.items():
+        split_ids = [vid for vid, s in official.items() if s == official_name]
+        out.splits[split] = _captioned(split_ids, captions, index, "MSRVTT_data.json", out)
+    return out
+
+
+def _captioned(ids: Sequence[str], captions, index: VideoIndex, source: str, out: Converted) -> List[VideoRecord]:
+    records, uncaptioned = cv.captioned_records(ids, captions, index.path_for)
+    if uncaptioned:
+        out.problems.append(f"{len(uncaptioned)} id(s) of {source} have no caption and were left out, e.g. "
+                            f"{uncaptioned[:SHOW]}")
+    return records
+
+
+def convert_msvd(annotations: Path, index: VideoIndex) -> Converted:
+    """train / val / test from ``{split}_list.txt`` + ``captions_msvd.json`` (or ``raw-captions.pkl``)."""
+    out = Converted()
+    for name in ("captions_msvd.json", "raw-captions.pkl", "train_list.txt", "val_list.txt", "test_list.txt"):
+        if (path := find_annotation(annotations, "msvd", name)) is not None:
+            out.files[name] = path
+    caption_file = out.files.get("captions_msvd.json") or out.files.get("raw-captions.pkl")
+    captions = cv.read_msvd_captions(caption_file) if caption_file else None
+    for split in ("train", "val", "test"):
+        list_name = f"{split}_list.txt"
+        if captions is None or list_name not in out.files:
+            out.missing_splits[split] = _needs([list_name, "captions_msvd.json or raw-captions.pkl"], annotations)
+            continue
+        ids = cv.read_id_list(out.files[list_name])
+        out.list_sizes[split] = len(ids)
+        out.splits[split] = _captioned(ids, captions, index, list_name, out)
+    return out
+
+
+def convert_didemo(annotations: Path, index: VideoIndex) -> Converted:
+    """Paragraph records (plus per-sentence moments) of each split with both ``{split}_data.json`` and list."""
+    out = Converted()
+    for split in ("train", "val", "test"):
+        data_name, list_name = f"{split}_data.json", f"{split}_list.txt"
+        for name in (data_name, list_name):
+            if (path := find_annotation(annotations, "didemo", name)) is not None:
+                out.files[name] = path
+        if list_name in out.files:
+            names = cv.read_id_list(out.files[list_name])
+            out.list_sizes[split] = len({cv.strip_video_extension(n) for n in names})
+        if data_name not in out.files or list_name not in out.files:
+            out.missing_splits[split] = _needs([data_name, list_name], annotations)
+            continue
+        moments = cv.read_didemo_data(out.files[data_name])
+        out.splits[split], unannotated = cv.didemo_records(moments, names, index.path_for)
+        if unannotated:
+            _logger.warning("didemo %s: %d video(s) of %s have no moment in %s and were left out, e.g. %s", split,
+                            len(unannotated), list_name, data_name, unannotated[:SHOW])
+    return out
+
+
+CONVERTERS = {"msrvtt": convert_msrvtt, "msvd": convert_msvd, "didemo": convert_didemo}
+
+
+# --------------------------------------------------------------------------------------------------- checks
+def file_fingerprint(path: Path) -> Dict[str, object]:
+    """``bytes``, ``sha256`` and ``git_blob_sha1`` (what ``git hash-object`` prints) of a file, in one read."""
+    size = path.stat().st_size
+    sha256, blob = hashlib.sha256(), hashlib.sha1(f"blob {size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha256.update(chunk)
+            blob.update(chunk)
+    return {"bytes": size, "sha256": sha256.hexdigest(), "git_blob_sha1": blob.hexdigest()}
+
+
+def check_files(files: Dict[str, Path], facts: Dict[str, dict]) -> List[str]:
+    """Compare each official file with its reference fingerprint; returns the disagreements."""
+    problems = []
+    for name, path in sorted(files.items()):
+        expected = facts.get(name)
+        if not expected:
+            _logger.info("%s: no reference fingerprint, not checked", path)
+            continue
+        actual = file_fingerprint(path)
+        bad = [k for k in ("bytes", "sha256", "git_blob_sha1") if k in expected and expected[k] != actual[k]]
+        if bad:
+            problems.append(f"{path} differs from the official {name}: " + ", ".join(
+                f"{k} {actual[k]} (expected {expected[k]})" for k in bad))
+        else:
+            _logger.info("%s: matches the official %s (%s)", path, name, ", ".join(k for k in expected if k in actual))
+    return problems
+
+
+def split_counts(records: Sequence[VideoRecord]) -> Dict[str, int]:
+    """``videos``, ``captions`` and (paragraph lists) ``sentences`` of a list."""
+    counts = {"videos": len(records), "captions": sum(len(r.captions) for r in records)}
+    if any(r.sentences for r in records):
+        counts["sentences"] = sum(len(r.sentences or []) for r in records)
+    return counts
+
+
+def check_counts(dataset: str, split: str, counts: Dict[str, int], expected: Dict[str, int]) -> List[str]:
+    """Disagreements between a split's counts and the reference counts (keys present in both)."""
+    bad = [k for k in expected if k in counts and counts[k] != expected[k]]
+    if bad:
+        return [f"{dataset} {split}: " + ", ".join(f"{counts[k]:,} {k} (expected {expected[k]:,})" for k in bad)]
+    checked = [f"{counts[k]:,} {k}" for k in expected if k in counts]
+    if checked:
+        _logger.info("%s %s: %s as expected", dataset, split, ", ".join(checked))
+    return []
+
+
+def load_expected(path: Optional[Path]) -> Dict[str, dict]:
+    """Reference facts (``data_lists/expected.json``); empty, with a warning, when the file is absent."""
+    path = Path(path) if path else DEFAULT_EXPECTED
+    if not path.is_file():
+        _logger.warning("reference facts %s not found: counts and checksums are not checked", path)
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------- writing
+def _report_missing_videos(dataset: str, converted: Converted, index: VideoIndex, out: Path
+                           ) -> Dict[str, List[str]]:
+    missing = {split: [r.path for r in records if not index.exists(r.path)] for split, records in
+               converted.splits.items()}
+    missing = {split: paths for split, paths in missing.items() if paths}
+    target = out / f"missing_{dataset}.txt"
+    if not missing:
+        target.unlink(missing_ok=True)
+        return {}
+    lines = [f"{split}\t{path}" for split, paths in missing.items() for path in paths]
+    target.write_text("# split\tpath (relative to the videos root)\n" + "\n".join(lines) + "\n", encoding="utf-8")
+    for split, paths in missing.items():
+        _logger.warning("%s %s: %d of %d video(s) not found under %s, e.g. %s (all listed in %s)", dataset, split,
+                        len(paths), len(converted.splits[split]), index.root, paths[:SHOW], target)
+    return missing
+
+
+def prepare(dataset: str, annotations: Path, videos: Path, out: Path, ext: Optional[str] = None,
+            drop_missing: bool = False, val_size: int = MSRVTT_VAL_SIZE, expected_path: Optional[Path] = None
+            ) -> PrepareReport:
+    """Convert, check and write every split of ``dataset`` found under ``annotations``.
+
+    Raises:
+        DataListError: an annotation file is malformed, or no split at all could be converted.
+    """
+    if dataset not in CONVERTERS:
+        raise DataListError(f"unknown dataset '{dataset}'. Valid: {', '.join(DATASETS)}")
+    annotations, out = Path(annotations), Path(out)
+    if not annotations.is_dir():
+        raise DataListError(f"--annotations {annotations}: folder not found")
+    index = VideoIndex(Path(videos), ext, DEFAULT_EXT[dataset])
+    kwargs = {"val_size": val_size} if dataset == "msrvtt" else {}
+    converted = CONVERTERS[dataset](annotations, index, **kwargs)
+    if not converted.splits:
+        raise DataListError(f"{dataset}: no split could be converted from {annotations}: "
+                            + "; ".join(f"{s} {why}" for s, why in converted.missing_splits.items()))
+    facts = load_expected(expected_path).get(dataset, {})
+    report = PrepareReport(dataset, missing_splits=dict(converted.missing_splits))
+    report.problems = list(converted.problems) + check_files(converted.files, facts.get("files", {}))
+    for split, size in converted.list_sizes.items():
+        report.problems += check_counts(dataset, split, {"list_videos": size}, facts.get("splits", {}).get(split, {}))
+    out.mkdir(parents=True, exist_ok=True)
+    report.missing_videos = _report_missing_videos(dataset, converted, index, out)
+    for split, records in converted.splits.items():
+        counts = split_counts(records)
+        report.problems += check_counts(dataset, split, counts, facts.get("splits", {}).get(split, {}))
+        if drop_missing and split in report.missing_videos:
+            gone = set(report.missing_videos[split])
+            records = [r for r in records if r.path not in gone]
+        path = write_list(records, out / f"{dataset}_{split}.jsonl")
+        report.written[split] = {**split_counts(records), "missing_videos": len(report.missing_videos.get(split, [])),
+                                 "path": str(path)}
+    for split, why in converted.missing_splits.items():
+        _logger.warning("%s %s: not written, %s", dataset, split, why)
+    for problem in report.problems:
+        _logger.warning("CHECK FAILED: %s", problem)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prepare_data.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("--annotations", required=True, type=Path, help="folder holding the official files")
+    parser.add_argument("--videos", required=True, type=Path, help="videos root the lists' paths are relative to")
+    parser.add_argument("--out", required=True, type=Path, help="folder for <dataset>_<split>.jsonl")
+    parser.add_argument("--ext", default=None, help="video file extension, e.g. .mp4 (default: whatever is on disk, "
+                        "else .mp4 for MSR-VTT, .avi for MSVD, the original name for DiDeMo)")
+    parser.add_argument("--val-size", type=int, default=MSRVTT_VAL_SIZE,
+                        help="MSR-VTT: videos held out of the 9k training ids for validation")
+    parser.add_argument("--drop-missing", action="store_true", help="leave videos not found on disk out of the lists")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a count or checksum check fails")
+    parser.add_argument("--expected", type=Path, default=None, help=f"reference facts (default {DEFAULT_EXPECTED})")
+    return parser
+
+
+def format_report(report: PrepareReport) -> str:
+    """Human-readable summary: one row per written split, then what is missing and which checks failed."""
+    lines = [f"{'split':<22} {'videos':>7} {'captions':>9} {'sentences':>9} {'missing':>8}  file"]
+    for split, info in report.written.items():
+        lines.append(f"{split:<22} {info['videos']:>7} {info['captions']:>9} {info.get('sentences', '-'):>9} "
+                     f"{info['missing_videos']:>8}  {info['path']}")
+    lines += [f"not written: {split} ({why})" for split, why in report.missing_splits.items()]
+    lines += [f"CHECK FAILED: {p}" for p in report.problems] or ["all checks passed"]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..logging_utils import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    if args.ext and not args.ext.startswith("."):
+        args.ext = "." + args.ext
+    try:
+        report = prepare(args.dataset, args.annotations, args.videos, args.out, ext=args.ext,
+                         drop_missing=args.drop_missing, val_size=args.val_size, expected_path=args.expected)
+    except DataListError as exc:
+        _logger.error("%s", exc)
+        return 1
+    print(format_report(report))
+    return 1 if (args.strict and report.problems) else 0

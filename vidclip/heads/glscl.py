@@ -1,0 +1,152 @@
+"""GLSCL head (zchoi/GLSCL, methods.md §3 and Appendix C): global text-conditioned pooling + shared learnable queries.
+
+Score ``s = s_global + local_weight * s_local``:
+- global (parameter-free): ``α = softmax_i(eot_t · f_{v,i} / temperature)`` over the (temporal) frames of video v,
+  ``v̄ = Σ_i α_i f_{v,i}``, ``s_global = cos(eot_t, v̄)``. The norm of ``v̄`` is computed from the per-video frame Gram
+  matrix (``|v̄|² = αᵀ F Fᵀ α``), so a (texts x videos x D) tensor is never built.
+- local: ``num_queries`` learnable queries (init U[0, 1)) go through ONE shared ``nn.TransformerDecoder`` with the
+  frames as memory (video side, ``S_v``) and with the word tokens as memory (text side, ``T_t``); both L2-normalised
+  per query; ``s_local = mean_k <T_{t,k}, S_{v,k}>``.
+Auxiliary losses on the aligned batch: IDL (hinge on the video-query Gram matrix, weight ``alpha``) and ICL (MSE of
+batch-mean queries + ``beta * Σ_k (C_kk - 0.75)²``).
+
+Video features (cacheable, text independent): ``pooled``, ``frames`` (temporal frames, raw), ``mask``, ``queries``
+(``S_v``), so re-ranking needs no recomputation. Text features: ``pooled``, ``eot`` (raw EOT), ``queries`` (``T_t``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import HEADS
+from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, check_head_kwargs, l2_normalize, masked_mean
+
+ICL_NORMALIZATIONS = ("reference", "batch_mean")
+
+
+@HEADS.register("glscl")
+class GLSCLHead(Head):
+    """Global-local semantic consistent learning head.
+
+    Args:
+        embed_dim: joint embedding size E (filled in from the model).
+        temperature: global pooling temperature (reference scripts: 3; argparse default 5).
+        num_queries: Nq shared learnable queries (reference scripts: 8).
+        decoder_layers: layers of the shared decoder (reference: 3).
+        num_heads: decoder attention heads; None = max(1, E // 64) (8 for E = 512, as the reference).
+        decoder_ff: decoder feed-forward width; None = 4 * E (2048 for E = 512, PyTorch's default the reference uses).
+        dropout: decoder dropout (reference: PyTorch default 0.1).
+        local_weight: λ of ``s_global + λ * s_local`` (reference ``loss2_weight`` 0.5, at train and test).
+        mask_memory: key-padding masks on the decoder memory (padding frames / padding words are not attended).
+            Default True (deviation: scores then do not depend on padding); False reproduces the reference.
+        reference_pool_masking: True reproduces the reference global pooling: softmax over ALL frames, then multiply
+            by the frame mask with no renormalisation (padding frames take weight). Default False: padding frames are
+            excluded before the softmax.
+        alpha: IDL weight (reference 1e-4). margin: IDL hinge margin (0.1).
+        beta: ICL diagonal weight (reference: 0.02 in the MSR-VTT script, 0.005 for MSVD / DiDeMo / README).
+        icl_target: target of the ICL diagonal (0.75).
+        icl_normalization: "reference" (``C = Σ_batch S Tᵀ / Nq``: grows with the batch size, as the reference code)
+            or "batch_mean" (``C = mean_batch S Tᵀ``).
+    """
+
+    video_feature_keys = ("pooled", "frames", "mask", "queries")
+
+    def __init__(self, embed_dim: int = 512, temperature: float = 3.0, num_queries: int = 8, decoder_layers: int = 3,
+                 num_heads: Optional[int] = None, decoder_ff: Optional[int] = None, dropout: float = 0.1,
+                 local_weight: float = 0.5, mask_memory: bool = True, reference_pool_masking: bool = False,
+                 alpha: float = 1e-4, margin: float = 0.1, beta: float = 0.02, icl_target: float = 0.75,
+                 icl_normalization: str = "reference"):
+        super().__init__()
+        if icl_normalization not in ICL_NORMALIZATIONS:
+            raise ValueError(f"glscl: icl_normalization={icl_normalization!r}, choose one of {ICL_NORMALIZATIONS}")
+        heads = num_heads or max(1, embed_dim // 64)
+        if embed_dim % heads:
+            raise ValueError(f"glscl: embed_dim {embed_dim} is not divisible by num_heads {heads}; set num_heads")
+        self.temperature, self.local_weight = float(temperature), float(local_weight)
+        self.mask_memory, self.reference_pool_masking = bool(mask_memory), bool(reference_pool_masking)
+        self.alpha, self.margin, self.beta, self.icl_target = float(alpha), float(margin), float(beta), float(icl_target)
+        self.icl_normalization = icl_normalization
+        self.queries = nn.Parameter(torch.rand(num_queries, embed_dim))  # (Nq, E), U[0, 1) as the reference
+        layer = nn.TransformerDecoderLayer(embed_dim, heads, dim_feedforward=decoder_ff or 4 * embed_dim,
+                                           dropout=dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, num_layers=decoder_layers)
+
+    # ------------------------------------------------------------------------------------------------ encoding
+    def _decode(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Shared queries attending to ``memory`` (B, L, E) -> L2-normalised (B, Nq, E)."""
+        queries = self.queries.unsqueeze(0).expand(memory.shape[0], -1, -1).to(memory.dtype)  # (B, Nq, E)
+        padding = None
+        if self.mask_memory:
+            keep = mask.bool() | ~mask.bool().any(1, keepdim=True)  # an all-padding row attends to everything
+            padding = ~keep  # (B, L) True = ignore
+        return l2_normalize(self.decoder(queries, memory, memory_key_padding_mask=padding))
+
+    def encode_video(self, video: VideoEncoderOutput) -> Features:
+        frames, mask = video.temporal, video.mask.bool()  # (B, T, E), (B, T)
+        pooled = l2_normalize(masked_mean(l2_normalize(frames), mask))
+        return {"pooled": pooled, "frames": frames, "mask": mask, "queries": self._decode(frames, mask)}
+
+    def encode_text(self, text: TextEncoderOutput) -> Features:
+        return {"pooled": l2_normalize(text.pooled), "eot": text.pooled,
+                "queries": self._decode(text.tokens, text.mask)}
+
+    # ---------------------------------------------------------------------------------------------- similarity
+    def global_similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
+        """(N_t, N_v) cosine between each text and its text-conditioned pooling of each video's frames."""
+        eot = text_feats["eot"].float()  # (Nt, E)
+        frames = video_feats["frames"].float()  # (Nv, T, E)
+        mask = video_feats["mask"].bool()  # (Nv, T)
+        dots = torch.einsum("td,vfd->tvf", eot, frames)  # (Nt, Nv, T) raw dot products
+        logits = dots / self.temperature
+        if self.reference_pool_masking:
+            weights = torch.softmax(logits, -1) * mask[None].to(logits.dtype)
+        else:
+            keep = mask | ~mask.any(1, keepdim=True)  # a video with no real frame pools all of them
+            logits = logits.masked_fill(~keep[None], torch.finfo(logits.dtype).min)
+            weights = torch.softmax(logits, -1)  # (Nt, Nv, T)
+        gram = frames @ frames.transpose(1, 2)  # (Nv, T, T)
+        pooled_sq = torch.einsum("tvi,vij,tvj->tv", weights, gram, weights).clamp_min(0)  # |v̄|², (Nt, Nv)
+        text_dot_pooled = (weights * dots).sum(-1)  # eot · v̄, (Nt, Nv)
+        norms = eot.norm(dim=-1, keepdim=True).clamp_min(1e-6) * pooled_sq.clamp_min(1e-12).sqrt()
+        return text_dot_pooled / norms
+
+    @staticmethod
+    def local_similarity(text_feats: Features, video_feats: Features) -> torch.Tensor:
+        """(N_t, N_v) mean over queries of the cosine between text query k and video query k."""
+        text_q, video_q = text_feats["queries"].float(), video_feats["queries"].float()  # (Nt, Nq, E), (Nv, Nq, E)
+        return text_q.flatten(1) @ video_q.flatten(1).t() / text_q.shape[1]
+
+    def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
+        return self.global_similarity(text_feats, video_feats) + \
+            self.local_weight * self.local_similarity(text_feats, video_feats)
+
+    # ---------------------------------------------------------------------------------------------- aux losses
+    def aux_losses(self, text_feats: Features, video_feats: Features) -> Dict[str, torch.Tensor]:
+        """``{"idl": alpha * IDL, "icl": ICL}`` on aligned rows (text i <-> video i)."""
+        video_q, text_q = video_feats["queries"].float(), text_feats["queries"].float()  # (B, Nq, E)
+        return {"idl": self.alpha * self.intra_diversity(video_q),
+                "icl": self.inter_consistency(video_q, text_q)}
+
+    def intra_diversity(self, video_q: torch.Tensor) -> torch.Tensor:
+        """IDL (``Inter_Diversity`` in the reference code): two-way margin ranking on the batch-mean query Gram."""
+        gram = torch.einsum("bkd,bjd->kj", video_q, video_q) / video_q.shape[0]  # (Nq, Nq)
+        off = ~torch.eye(gram.shape[0], dtype=torch.bool, device=gram.device)
+        rows = (self.margin + gram - gram.diagonal()[:, None]).clamp_min(0)[off].mean()
+        cols = (self.margin + gram - gram.diagonal()[None, :]).clamp_min(0)[off].mean()
+        return rows + cols
+
+    def inter_consistency(self, video_q: torch.Tensor, text_q: torch.Tensor) -> torch.Tensor:
+        """ICL (``Intra_Consistency`` in the reference code), β applied inside."""
+        cross = torch.einsum("bkd,bjd->kj", video_q, text_q)  # (Nq, Nq) summed over the batch
+        cross = cross / (video_q.shape[1] if self.icl_normalization == "reference" else video_q.shape[0])
+        mse = F.mse_loss(video_q.mean(0), text_q.mean(0))
+        return mse + self.beta * ((cross.diagonal() - self.icl_target) ** 2).sum()
+
+    @classmethod
+    def check_config(cls, model_cfg: Any) -> None:
+        super().check_config(model_cfg)
+        check_head_kwargs(cls, model_cfg)
+

@@ -1,0 +1,146 @@
+"""Optimal transport for Norton (methods.md §5.1, Appendix E), on POT's batched log-domain Sinkhorn.
+
+Every solver here calls ``ot.batch.solve_batch(..., method="log_sinkhorn")`` (POT >= 0.9.6) on torch tensors: one
+call solves a whole batch of small problems on the tensors' device, in float32 with autocast disabled (half precision
+overflows in ``exp``). ``tol=0`` runs exactly ``iters`` iterations, as Norton's fixed 50-iteration loop does.
+
+- :func:`sinkhorn_batch`: plans of a batch of problems with per-problem marginals (zero mass = row/column excluded).
+- :func:`rectified_targets`: Norton's faulty-negative soft targets ``beta * Q + (1 - beta) * I`` from (N, N) logits.
+- :func:`bucket_marginals` / :func:`bucket_plan`: SuperGlue-style prompt-bucket (dustbin) transport of (m, n)
+  similarity blocks, variable numbers of valid rows/columns per problem.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+GradMode = str  # "detach" (no gradient through the plan) | "autodiff" (differentiate every iteration)
+
+
+def sinkhorn_batch(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float, iters: int = 50,
+                   grad: GradMode = "detach") -> torch.Tensor:
+    """Entropic OT plans of a batch of problems: ``argmin <T, cost> + reg * sum T log T`` s.t. ``T 1 = a, Tᵀ 1 = b``.
+
+    Args:
+        cost: (G, m, n) cost matrices (e.g. negated similarities).
+        a: (G, m) row marginals; zeros exclude rows (their plan rows are exactly 0).
+        b: (G, n) column marginals, same total mass as ``a`` per problem.
+        reg: entropic regularisation epsilon (> 0).
+        iters: Sinkhorn iterations (all of them are run).
+        grad: "detach" or "autodiff" (gradients through the iterations to ``cost``).
+
+    Returns:
+        (G, m, n) float32 plans on ``cost``'s device.
+    """
+    import ot
+
+    if reg <= 0:
+        raise ValueError(f"sinkhorn_batch: reg must be > 0, got {reg}")
+    if cost.dim() != 3 or a.shape != cost.shape[:2] or b.shape != (cost.shape[0], cost.shape[2]):
+        raise ValueError(f"sinkhorn_batch: shapes cost {tuple(cost.shape)}, a {tuple(a.shape)}, b {tuple(b.shape)} "
+                         "must be (G, m, n), (G, m), (G, n)")
+    with torch.autocast(device_type=cost.device.type, enabled=False):
+        cost, a, b = cost.float(), a.float().to(cost.device), b.float().to(cost.device)
+        if grad == "detach":
+            cost = cost.detach()
+        res = ot.batch.solve_batch(cost, reg, a, b, max_iter=iters, tol=0.0, method="log_sinkhorn",
+                                   grad="autodiff" if grad == "autodiff" else "detach")
+        return res.plan
+
+
+@torch.no_grad()
+def rectified_targets(logits: torch.Tensor, beta: float = 0.3, epsilon: float = 1.0, iters: int = 50
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Norton's faulty-negative rectified soft targets for a square batch of (text, video) logits.
+
+    ``Q = n * Sinkhorn(logits / epsilon, uniform marginals)`` (rows and columns sum to ~1; the columns exactly, as the
+    last update is the column one), then ``t2v = beta * Q + (1 - beta) * I`` and ``v2t = beta * Qᵀ + (1 - beta) * I``.
+    Norton applies this to raw dot products with ``epsilon=1`` (methods.md §5.1(a)); vidclip's loss passes the
+    scaled logits ``exp(logit_scale) * cos`` (see vidclip.losses). Computed without gradients.
+
+    Args:
+        logits: (N, N) with text i <-> video i on the diagonal.
+        beta: weight of the transport plan in the targets.
+        epsilon: entropic regularisation.
+        iters: Sinkhorn iterations.
+
+    Returns:
+        ``(targets_t2v, targets_v2t)``, each (N, N) float32 with rows summing to 1 (up to Sinkhorn convergence).
+    """
+    if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"rectified_targets needs square (N, N) logits, got {tuple(logits.shape)}")
+    n = logits.shape[0]
+    uniform = torch.full((1, n), 1.0 / n, device=logits.device)
+    plan = sinkhorn_batch(-logits.detach().float()[None], uniform, uniform, reg=epsilon, iters=iters)[0] * n
+    eye = torch.eye(n, device=logits.device)
+    return beta * plan + (1 - beta) * eye, beta * plan.t() + (1 - beta) * eye
+
+
+def bucket_marginals(row_mask: torch.Tensor, col_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """SuperGlue dustbin marginals for problems with m valid rows and n valid columns (Norton's prompt bucket).
+
+    Row marginal ``[1/(m+n)] * m ⊕ n/(m+n)`` and column marginal ``[1/(m+n)] * n ⊕ m/(m+n)``; invalid rows/columns
+    get 0. Both sum to 1. A problem with no valid row and no valid column transports its unit mass bucket-to-bucket.
+
+    Args:
+        row_mask: (G, M) bool, True = valid row.
+        col_mask: (G, N) bool, True = valid column.
+
+    Returns:
+        ``(a (G, M+1), b (G, N+1))`` float32, the last entry being the bucket.
+    """
+    m = row_mask.sum(-1, keepdim=True).float()  # (G, 1)
+    n = col_mask.sum(-1, keepdim=True).float()  # (G, 1)
+    total = (m + n).clamp_min(1.0)
+    empty = (m + n == 0).float()  # (G, 1) keep the mass at 1 so the log-domain solver never sees an all-zero marginal
+    a = torch.cat([row_mask.float() / total, n / total + empty], -1)  # (G, M+1)
+    b = torch.cat([col_mask.float() / total, m / total + empty], -1)  # (G, N+1)
+    return a, b
+
+
+def add_bucket(sims: torch.Tensor, bucket: Union[float, torch.Tensor]) -> torch.Tensor:
+    """``[[S, p], [p, p]]``: append the bucket row and column to (G, m, n) similarities -> (G, m+1, n+1).
+
+    ``bucket`` is a scalar or a (G,) tensor of per-problem values (may require grad).
+    """
+    g, m, n = sims.shape
+    p = torch.as_tensor(bucket, dtype=sims.dtype, device=sims.device)
+    p = p.reshape(-1, 1, 1).expand(g, 1, 1)  # (G, 1, 1)
+    top = torch.cat([sims, p.expand(g, m, 1)], -1)  # (G, m, n+1)
+    return torch.cat([top, p.expand(g, 1, n + 1)], 1)  # (G, m+1, n+1)
+
+
+def bucket_plan(sims: torch.Tensor, bucket: Union[float, torch.Tensor], epsilon: float = 0.1, iters: int = 50,
+                row_mask: Optional[torch.Tensor] = None, col_mask: Optional[torch.Tensor] = None,
+                mass: Optional[float] = None, grad: GradMode = "detach") -> torch.Tensor:
+    """Transport plan between rows and columns of similarity blocks, with Norton's alignable prompt bucket.
+
+    Maximises ``<T, [[S, p], [p, p]]> - epsilon * H(T)`` under :func:`bucket_marginals`, then keeps the (m, n) block;
+    rows (columns) less similar to everything than the bucket value ``p`` send their mass to the bucket.
+
+    Args:
+        sims: (G, m, n) similarities (Norton: fused clip-caption scores in [0, 1]).
+        bucket: scalar or (G,) bucket value(s) p (Norton: 30th percentile of the positive-pair similarities).
+        epsilon: entropic regularisation (Norton: 0.1).
+        iters: log-Sinkhorn iterations (Norton: 50).
+        row_mask / col_mask: (G, m) / (G, n) bool validity (default: all valid); invalid entries get zero mass.
+        mass: rescale each plan block to this total (Norton: the group size, 8); None keeps the raw plan.
+        grad: "detach" (Norton: computed under no_grad) or "autodiff".
+
+    Returns:
+        (G, m, n) float32 plan blocks.
+    """
+    g, m, n = sims.shape
+    if row_mask is None:
+        row_mask = torch.ones(g, m, dtype=torch.bool, device=sims.device)
+    if col_mask is None:
+        col_mask = torch.ones(g, n, dtype=torch.bool, device=sims.device)
+    a, b = bucket_marginals(row_mask.bool(), col_mask.bool())
+    with torch.autocast(device_type=sims.device.type, enabled=False):
+        cost = -add_bucket(sims.float(), bucket.float() if torch.is_tensor(bucket) else bucket)  # (G, m+1, n+1)
+    plan = sinkhorn_batch(cost, a, b, reg=epsilon, iters=iters, grad=grad)[:, :m, :n]  # (G, m, n)
+    if mass is not None:
+        plan = plan * (mass / plan.sum((1, 2), keepdim=True).clamp_min(1e-12))
+    return plan
+
