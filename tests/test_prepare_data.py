@@ -20,6 +20,12 @@ from vidclip.data.prepare import DEFAULT_EXPECTED, file_fingerprint, main, prepa
 from vidclip.errors import DataListError
 
 
+@pytest.fixture(autouse=True)
+def _keep_pytest_logging(monkeypatch):
+    """``main`` configures console logging for the tool; keep pytest's log capture instead."""
+    monkeypatch.setattr("vidclip.logging_utils.setup_logging", lambda *args, **kwargs: None)
+
+
 @pytest.fixture(scope="module")
 def ann(shared_data) -> Path:
     return shared_data / "annotations"
@@ -293,7 +299,7 @@ def test_a_modified_official_file_fails_the_checksum(ann, tmp_path):
     root = tmp_path / "ann"
     root.mkdir()
     text = (ann / "msrvtt" / "MSRVTT_JSFUSION_test.csv").read_text()
-    (root / "MSRVTT_JSFUSION_test.csv").write_text(text.replace("gymnastics", "gymnastic"))
+    (root / "MSRVTT_JSFUSION_test.csv").write_text(text.replace("gymnastics", "gymnastic", 1))
     report = prepare("msrvtt", root, tmp_path / "v", tmp_path / "out")
     assert len(report.problems) == 1 and "differs from the official MSRVTT_JSFUSION_test.csv" in report.problems[0]
     assert "sha256" in report.problems[0] and "bytes 74474 (expected 74475)" in report.problems[0]

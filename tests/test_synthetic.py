@@ -246,3 +246,31 @@ def test_cli_writes_the_documented_layout(tmp_path):
             assert decode(out / "videos" / obj["path"]).shape == (5, 24, 24, 3)
     assert len(read_list(out / "synthetic_train.jsonl")[0].captions) == 4
     assert [r.meta["pair_id"] is None for r in read_list(out / "synthetic_test.jsonl")] == [False, False, True]
+
+
+def test_shipped_data_config_samples_twins_as_exact_reversals(tmp_path):
+    """The frames the model sees (configs/data/synthetic.yaml sampler and frame count on clips of the generator's
+    default length) keep the twin property: an order-invariant model still scores exactly 0.5."""
+    import inspect
+
+    import torch
+
+    import vidclip
+    from vidclip.data.builders import build_dataset
+
+    default_frames = inspect.signature(make_synthetic_dataset).parameters["frames"].default
+    lists = make_synthetic_dataset(tmp_path, num_train=4, num_val=0, num_test=4, size=32, seed=1)
+    repo = Path(__file__).resolve().parents[1]
+    cfg = vidclip.load_config(repo / "configs" / "synthetic_tiny_seqtransf.yaml", [
+        f"data.videos_root={tmp_path / 'videos'}", f"data.train_list={lists['train']}",
+        f"data.test_list={lists['test']}"])
+    assert decode(tmp_path / "videos" / read_list(lists["test"])[0].path).shape[0] == default_frames
+    for split, train in (("test", False), ("train", True)):
+        dataset = build_dataset(cfg, split, train=train)
+        index = {r.video_id: i for i, r in enumerate(dataset.records)}
+        pairs = [(i, index[r.meta["twin"]]) for i, r in enumerate(dataset.records) if r.meta["twin"]]
+        assert pairs, split
+        for a, b in pairs:
+            clip, twin = dataset[a], dataset[b]
+            assert clip["video"].shape[0] == cfg.data.num_frames and bool(clip["video_mask"].all())
+            torch.testing.assert_close(clip["video"], twin["video"].flip(0), rtol=0, atol=0)

@@ -349,13 +349,18 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model.context_length={model.context_length} must be within 3..77 (CLIP's text length)")
     if data.num_frames < 1:
         raise ConfigError(f"data.num_frames={data.num_frames} must be at least 1")
-    if model.prompt.enabled:
+    _check_counts(cfg)
+    uses_chunks = model.prompt.enabled or "prompt_switch" in (data.train_sampler, data.test_sampler)
+    if uses_chunks:
         p = model.prompt.num_prompts
+        if p < 1:
+            raise ConfigError(f"model.prompt.num_prompts={p} must be at least 1 (the reference uses 6)")
         for key, frames in (("data.num_frames", data.num_frames), ("data.test_num_frames", test_frames)):
             if frames % p:
                 raise ConfigError(
-                    f"{key}={frames} is not a multiple of model.prompt.num_prompts={p}: the prompt cube works on "
-                    f"chunks of {p} frames. Set {key} to a multiple of {p} (e.g. {max(p, frames // p * p)})")
+                    f"{key}={frames} is not a multiple of model.prompt.num_prompts={p}: the prompt cube and the "
+                    f"prompt_switch sampler work on chunks of {p} frames. Set {key} to a multiple of {p} "
+                    f"(e.g. {max(p, frames // p * p)})")
     if model.patch_shift_blocks and data.num_frames != test_frames:
         _logger.info("patch shift with different train/test frame counts: shift is applied per video, which is fine")
     _validate_head(cfg)
@@ -367,16 +372,38 @@ def validate_config(cfg: DictConfig) -> None:
             "eval.query_bank_list (or data.train_list). Test queries are never used as a bank.")
 
 
+# Counts that must be positive (a zero would fail late, mid-run, or silently do nothing).
+POSITIVE_KEYS = ("train.batch_size", "train.epochs", "train.log_every", "eval.batch_size", "eval.text_chunk",
+                 "eval.video_chunk", "extract.batch_size", "extract.shard_size", "data.image_size")
+NON_NEGATIVE_KEYS = ("train.lr", "train.clip_lr", "train.weight_decay", "train.grad_clip", "data.num_workers")
+
+
+def _check_counts(cfg: DictConfig) -> None:
+    for dotted in POSITIVE_KEYS:
+        value = OmegaConf.select(cfg, dotted)
+        if value is not None and value < 1:
+            raise ConfigError(f"{dotted}={value} must be at least 1")
+    for dotted in NON_NEGATIVE_KEYS:
+        value = OmegaConf.select(cfg, dotted)
+        if value is not None and value < 0:
+            raise ConfigError(f"{dotted}={value} must be >= 0")
+    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
+        raise ConfigError(f"train.max_steps={cfg.train.max_steps} must be at least 1; set train.max_steps=null to "
+                          "train for train.epochs instead")
+
+
 def _validate_head(cfg: DictConfig) -> None:
     """Head name exists, its kwargs fit its constructor, and the encoder provides what it needs."""
     try:
         from . import heads  # noqa: F401  (registers the heads)
+        from .heads.base import check_head_kwargs
         from .registry import HEADS
     except ImportError:  # heads not importable (partial install): the factory reports it later
         return
     if not HEADS.names():
         return
     head_cls = HEADS.get(cfg.model.head.name)
+    check_head_kwargs(head_cls, cfg.model)  # typos in model.head.kwargs fail before any work
     check = getattr(head_cls, "check_config", None)
     if check is not None:
         check(cfg.model)

@@ -18,8 +18,9 @@
 
 ``mode="strict"``: exactly one rank per query, ``rank = #{wrong items j in the gallery: s_j >= s_gt}`` (ties are
 counted against the query), never dropped. A query fails (rank = gallery size, i.e. a miss; counted in ``n_failed``)
-when its ground truth is NaN/inf, belongs to a failed item, or when its row holds a NaN elsewhere. Failed items (the
-``failed_videos`` columns, and any column / row that is entirely NaN) are removed from every other query's gallery.
+when its ground truth is NaN/inf, belongs to a failed item, or when its row holds a NaN elsewhere; it is a miss at
+every K, even when the gallery has fewer than K items. Failed items (the ``failed_videos`` columns, and any column /
+row that is entirely NaN) are removed from every other query's gallery.
 Multi-caption: t2v = every caption is a query against all videos; v2t = LAVIS-style rank of the best-ranked correct
 caption among ALL captions (wrong captions tied with it count ahead, other correct captions never count against it).
 Medians are numpy's (average of the two middle values).
@@ -47,13 +48,19 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
     return np.array(x, dtype=np.float64)
 
 
-def _summary(ranks: np.ndarray, median: str = "numpy", return_ranks: bool = False, **extra: Any) -> Dict[str, Any]:
-    """R@K, MdR, MnR from 0-based ranks (``median``: numpy = average of the middle values, lower = torch)."""
+def _summary(ranks: np.ndarray, median: str = "numpy", return_ranks: bool = False,
+             failed: Optional[np.ndarray] = None, **extra: Any) -> Dict[str, Any]:
+    """R@K, MdR, MnR from 0-based ranks (``median``: numpy = average of the middle values, lower = torch).
+
+    ``failed`` queries are misses at every K (even when the gallery is smaller than K); their rank still enters
+    MdR / MnR.
+    """
     ranks = np.asarray(ranks, dtype=np.int64)
     n = len(ranks)
+    hit_ok = np.ones(n, dtype=bool) if failed is None else ~failed
     out: Dict[str, Any] = {}
     for k in KS:
-        out[f"R@{k}"] = float(100.0 * np.count_nonzero(ranks < k) / n) if n else float("nan")
+        out[f"R@{k}"] = float(100.0 * np.count_nonzero((ranks < k) & hit_ok) / n) if n else float("nan")
     if n == 0:
         out["MdR"] = out["MnR"] = float("nan")
     else:
@@ -100,9 +107,13 @@ def group_tensor(sim: np.ndarray, text_to_video: np.ndarray) -> np.ndarray:
 def group_best_similarity(sim: np.ndarray, text_to_video: np.ndarray) -> np.ndarray:
     """``tensor_video_to_text_sim``: (V_video, V_group) best caption of each group against each video, NaN -> -inf."""
     n_videos = sim.shape[1]
-    clean = np.where(np.isnan(sim), -np.inf, sim)  # (N_t, V)
-    best = np.full((n_videos, n_videos), -np.inf)  # (V_group, V_video)
-    np.maximum.at(best, text_to_video, clean)
+    order = np.argsort(text_to_video, kind="stable")
+    clean = np.where(np.isnan(sim[order]), -np.inf, sim[order])  # (N_t, V) captions grouped per video
+    counts = np.bincount(text_to_video, minlength=n_videos)
+    best = np.full((n_videos, n_videos), -np.inf)  # (V_group, V_video); groups without captions stay -inf
+    present = counts > 0
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    best[present] = np.maximum.reduceat(clean, starts[present], axis=0)
     return best.T  # (V_video, V_group)
 
 
@@ -169,8 +180,9 @@ def _strict(t2v_sim: np.ndarray, v2t_sim: np.ndarray, text_to_video: np.ndarray,
     excluded_v2t = failed_cols | np.isnan(v2t_sim).all(axis=0)
     v2t = _strict_v2t_ranks(v2t_sim, text_to_video, excluded_v2t, np.isnan(v2t_sim).all(axis=1))
     n_texts, n_videos = t2v_sim.shape
-    return {"t2v": _summary(t2v, "numpy", return_ranks, n_failed=int((t2v >= n_videos).sum())),
-            "v2t": _summary(v2t, "numpy", return_ranks, n_failed=int((v2t >= n_texts).sum()))}
+    t2v_failed, v2t_failed = t2v >= n_videos, v2t >= n_texts  # a real rank is at most gallery size - 1
+    return {"t2v": _summary(t2v, "numpy", return_ranks, t2v_failed, n_failed=int(t2v_failed.sum())),
+            "v2t": _summary(v2t, "numpy", return_ranks, v2t_failed, n_failed=int(v2t_failed.sum()))}
 
 
 # ------------------------------------------------------------------------------------------------ public API

@@ -1,14 +1,15 @@
 """Batching: stack videos and masks, tokenise captions, drop (and report) videos that failed to decode."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ..tokenizer import tokenize
 
 
-def make_collate(context_length: int) -> Callable[[List[Dict[str, Any]]], Dict[str, Any]]:
+def make_collate(context_length: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """A collate function producing the batch dict of the data contract.
 
     ``{"video": (B, T, 3, S, S), "video_mask": (B, T) bool, "text_tokens": (B, L) long, "captions", "video_ids",
@@ -16,10 +17,10 @@ def make_collate(context_length: int) -> Callable[[List[Dict[str, Any]]], Dict[s
     failed has zero rows (callers skip it).
     """
 
-    def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         ok = [it for it in items if "failed" not in it]
         bad = [it for it in items if "failed" in it]
-        batch: Dict[str, Any] = {
+        batch: dict[str, Any] = {
             "failed": [it["failed"] for it in bad],
             "failed_items": [{"index": it["index"], "failed": it["failed"], "error": it.get("error", "")}
                              for it in bad],

@@ -19,13 +19,13 @@ import hashlib
 import json
 import pickle
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import DataListError
 from .lists import VideoRecord
 
-PathFor = Callable[[str, Optional[str]], str]
+PathFor = Callable[[str, str | None], str]
 DIDEMO_CHUNK_SECONDS = 5.0
 MSRVTT_HOLDOUT_SALT = "vidclip-msrvtt-val-holdout-v1"
 
@@ -36,7 +36,7 @@ def default_path_for(ext: str) -> PathFor:
 
 
 # ------------------------------------------------------------------------------------------------- shared readers
-def read_id_list(path: Path) -> List[str]:
+def read_id_list(path: Path) -> list[str]:
     """Ids of a one-per-line split file (blank lines skipped); duplicates raise ``DataListError``."""
     ids = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     _refuse_duplicates(ids, path)
@@ -56,7 +56,7 @@ def _load_json(path: Path):
         raise DataListError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-download the file") from exc
 
 
-def _csv_rows(path: Path, header: Sequence[str]) -> List[Dict[str, str]]:
+def _csv_rows(path: Path, header: Sequence[str]) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = [h for h in header if h not in (reader.fieldnames or [])]
@@ -67,14 +67,14 @@ def _csv_rows(path: Path, header: Sequence[str]) -> List[Dict[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------------------- MSR-VTT
-def read_msrvtt_ids(path: Path) -> List[str]:
+def read_msrvtt_ids(path: Path) -> list[str]:
     """Video ids of ``MSRVTT_train.9k.csv`` / ``MSRVTT_train.7k.csv`` (header ``video_id``), in file order."""
     ids = [row["video_id"].strip() for row in _csv_rows(path, ["video_id"]) if row["video_id"].strip()]
     _refuse_duplicates(ids, path)
     return ids
 
 
-def read_msrvtt_test_csv(path: Path) -> List[Tuple[str, str]]:
+def read_msrvtt_test_csv(path: Path) -> list[tuple[str, str]]:
     """``(video_id, sentence)`` rows of ``MSRVTT_JSFUSION_test.csv`` (1k-A), in file order."""
     rows = [(row["video_id"].strip(), row["sentence"]) for row in
             _csv_rows(path, ["key", "vid_key", "video_id", "sentence"])]
@@ -82,16 +82,16 @@ def read_msrvtt_test_csv(path: Path) -> List[Tuple[str, str]]:
     return rows
 
 
-def read_msrvtt_data_json(path: Path) -> Tuple[Dict[str, List[str]], Dict[str, str]]:
+def read_msrvtt_data_json(path: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Captions of each video (file order) and the official split of each video from ``MSRVTT_data.json``."""
     data = _load_json(path)
     if not isinstance(data, dict) or "videos" not in data or "sentences" not in data:
         raise DataListError(f"{path}: expected an object with keys 'videos' and 'sentences' (MSRVTT_data.json)")
-    splits: Dict[str, str] = {}
+    splits: dict[str, str] = {}
     for i, video in enumerate(data["videos"]):
         _require_keys(video, ("video_id", "split"), path, f"videos[{i}]")
         splits[str(video["video_id"])] = str(video["split"])
-    captions: Dict[str, List[str]] = {}
+    captions: dict[str, list[str]] = {}
     for i, sentence in enumerate(data["sentences"]):
         _require_keys(sentence, ("video_id", "caption"), path, f"sentences[{i}]")
         captions.setdefault(str(sentence["video_id"]), []).append(str(sentence["caption"]))
@@ -106,13 +106,13 @@ def _require_keys(obj, keys: Sequence[str], path: Path, where: str) -> None:
         raise DataListError(f"{path}: {where} lacks key(s) {missing}")
 
 
-def msrvtt_test_records(rows: Sequence[Tuple[str, str]], path_for: PathFor) -> List[VideoRecord]:
+def msrvtt_test_records(rows: Sequence[tuple[str, str]], path_for: PathFor) -> list[VideoRecord]:
     """1k-A: one record per test row with its single caption."""
     return [VideoRecord(video_id=vid, path=path_for(vid, None), captions=[sentence]) for vid, sentence in rows]
 
 
-def captioned_records(ids: Sequence[str], captions: Dict[str, List[str]], path_for: PathFor
-                      ) -> Tuple[List[VideoRecord], List[str]]:
+def captioned_records(ids: Sequence[str], captions: dict[str, list[str]], path_for: PathFor
+                      ) -> tuple[list[VideoRecord], list[str]]:
     """Records (all captions) of ``ids`` in order, and the ids that have no caption at all (left out)."""
     records, uncaptioned = [], []
     for vid in ids:
@@ -123,7 +123,7 @@ def captioned_records(ids: Sequence[str], captions: Dict[str, List[str]], path_f
     return records, uncaptioned
 
 
-def holdout_ids(ids: Sequence[str], size: int, salt: str = MSRVTT_HOLDOUT_SALT) -> List[str]:
+def holdout_ids(ids: Sequence[str], size: int, salt: str = MSRVTT_HOLDOUT_SALT) -> list[str]:
     """A deterministic held-out subset of ``ids`` (in input order).
 
     The ``size`` ids with the smallest ``sha256(salt + "/" + id)`` are chosen, so the subset depends only on the ids
@@ -144,7 +144,7 @@ class _PlainDataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only plain dict/list/str data is expected")
 
 
-def read_msvd_captions(path: Path) -> Dict[str, List[str]]:
+def read_msvd_captions(path: Path) -> dict[str, list[str]]:
     """MSVD captions per video id from ``captions_msvd.json`` or ``raw-captions.pkl`` (token lists joined by " ")."""
     path = Path(path)
     if path.suffix == ".pkl":
@@ -157,7 +157,7 @@ def read_msvd_captions(path: Path) -> Dict[str, List[str]]:
         raw = _load_json(path)
     if not isinstance(raw, dict):
         raise DataListError(f"{path}: expected a mapping video_id -> captions, got {type(raw).__name__}")
-    captions: Dict[str, List[str]] = {}
+    captions: dict[str, list[str]] = {}
     for vid, items in raw.items():
         if not isinstance(items, list):
             raise DataListError(f"{path}: captions of '{vid}' must be a list, got {type(items).__name__}")
@@ -175,7 +175,7 @@ def strip_video_extension(name: str) -> str:
     return name.rstrip(".")
 
 
-def moment_seconds(times: Sequence[Sequence[int]]) -> Tuple[float, float]:
+def moment_seconds(times: Sequence[Sequence[int]]) -> tuple[float, float]:
     """(start, end) seconds of a DiDeMo moment from its annotators' ``[first_chunk, last_chunk]`` pairs.
 
     Aggregation: the most common pair among the annotators, ties broken by the first annotator giving one of the
@@ -190,7 +190,7 @@ def moment_seconds(times: Sequence[Sequence[int]]) -> Tuple[float, float]:
     return first * DIDEMO_CHUNK_SECONDS, (last + 1) * DIDEMO_CHUNK_SECONDS
 
 
-def read_didemo_data(path: Path) -> List[dict]:
+def read_didemo_data(path: Path) -> list[dict]:
     """Moments of a DiDeMo ``{split}_data.json``, validated (``description``, ``video``, ``times``)."""
     data = _load_json(path)
     if not isinstance(data, list):
@@ -205,7 +205,7 @@ def read_didemo_data(path: Path) -> List[dict]:
 
 
 def didemo_records(moments: Sequence[dict], list_names: Sequence[str], path_for: PathFor
-                   ) -> Tuple[List[VideoRecord], List[str]]:
+                   ) -> tuple[list[VideoRecord], list[str]]:
     """Paragraph records for the videos of a split list, and the list names with no moment in the json.
 
     Names are matched without extension (``strip_video_extension``), so a video annotated under both ``x.mov`` and
@@ -213,7 +213,7 @@ def didemo_records(moments: Sequence[dict], list_names: Sequence[str], path_for:
     keep each description with its moment in seconds (``moment_seconds``). ``start``/``end`` stay None: the
     whole-video window of the paragraph protocol ([0, 31] s in CLIP4Clip) is an evaluation setting.
     """
-    by_video: Dict[str, List[dict]] = {}
+    by_video: dict[str, list[dict]] = {}
     for moment in moments:
         by_video.setdefault(strip_video_extension(str(moment["video"])), []).append(moment)
     records, unannotated, seen = [], [], set()

@@ -11,8 +11,9 @@ logged once with its path and counted; the collate function drops such items and
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class VideoTextDataset(Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], videos_root: str, sampler: Callable, transform: Callable,
                  mode: str = "train", caption_sampling: str = "random", backend: str = "auto", seed: int = 0,
-                 reader_factory: Optional[Callable] = None, max_failures_logged: int = 20):
+                 reader_factory: Callable | None = None, max_failures_logged: int = 20):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         if caption_sampling not in ("random", "all"):
@@ -62,10 +63,10 @@ class VideoTextDataset(Dataset):
         self.reader_factory = reader_factory or partial(open_video, backend=backend)  # picklable for workers
         self.epoch = 0
         self.max_failures_logged = max_failures_logged
-        self._failed: Dict[int, str] = {}  # video index -> record path
+        self._failed: dict[int, str] = {}  # video index -> record path
         self._index_of_path = {r.path: i for i, r in reversed(list(enumerate(self.records)))}  # first one wins
-        self.texts: List[str] = [c for r in self.records for c in r.captions]
-        self.text_to_video: List[int] = [i for i, r in enumerate(self.records) for _ in r.captions]
+        self.texts: list[str] = [c for r in self.records for c in r.captions]
+        self.text_to_video: list[int] = [i for i, r in enumerate(self.records) for _ in r.captions]
         self._pairs = ([(i, j) for i, r in enumerate(self.records) for j in range(len(r.captions))]
                        if mode == "train" and caption_sampling == "all" else None)
 
@@ -79,7 +80,7 @@ class VideoTextDataset(Dataset):
         return len(self._failed)
 
     @property
-    def failed_paths(self) -> List[str]:
+    def failed_paths(self) -> list[str]:
         """Record paths of the videos that failed to decode in this process, in list order."""
         return [self._failed[i] for i in sorted(self._failed)]
 
@@ -93,7 +94,7 @@ class VideoTextDataset(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
-    def _caption(self, video_index: int, caption_index: Optional[int], rng: np.random.Generator) -> str:
+    def _caption(self, video_index: int, caption_index: int | None, rng: np.random.Generator) -> str:
         captions = self.records[video_index].captions
         if not captions:
             return ""
@@ -101,7 +102,7 @@ class VideoTextDataset(Dataset):
             caption_index = int(rng.integers(len(captions))) if self.mode == "train" else 0
         return captions[caption_index]
 
-    def load_video(self, video_index: int, rng: Optional[np.random.Generator] = None):
+    def load_video(self, video_index: int, rng: np.random.Generator | None = None):
         """(frames float (T, 3, S, S), mask bool (T,)) of a record; raises VideoDecodeError."""
         record = self.records[video_index]
         with self.reader_factory(str(self._paths[video_index])) as reader:
@@ -129,7 +130,7 @@ class VideoTextDataset(Dataset):
         else:
             _logger.debug("skipping video %s: %s", self._paths[video_index], exc)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         video_index, caption_index = self._pairs[index] if self._pairs is not None else (index, None)
         rng = self._rng(index)
         record = self.records[video_index]

@@ -10,9 +10,10 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Union
 
 from ..errors import DataListError
 
@@ -26,13 +27,13 @@ class VideoRecord:
 
     video_id: str
     path: str  # relative to the videos root
-    captions: List[str] = field(default_factory=list)
-    start: Optional[float] = None  # seconds; None = from the beginning
-    end: Optional[float] = None  # seconds; None = to the end
-    sentences: Optional[List[Dict[str, Any]]] = None  # paragraph datasets: [{"text", "start", "end"}]
-    meta: Optional[Dict[str, Any]] = None  # anything else (e.g. the synthetic motion labels)
+    captions: list[str] = field(default_factory=list)
+    start: float | None = None  # seconds; None = from the beginning
+    end: float | None = None  # seconds; None = to the end
+    sentences: list[dict[str, Any]] | None = None  # paragraph datasets: [{"text", "start", "end"}]
+    meta: dict[str, Any] | None = None  # anything else (e.g. the synthetic motion labels)
 
-    def to_json(self) -> Dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         return {k: v for k, v in data.items() if v is not None or k in ("start", "end")}
 
@@ -67,14 +68,14 @@ def _parse_line(line: str, path: Path, lineno: int) -> VideoRecord:
                        meta=obj.get("meta"))
 
 
-def read_list(path: Union[str, Path]) -> List[VideoRecord]:
+def read_list(path: Union[str, Path]) -> list[VideoRecord]:
     """Read a JSONL data list; malformed lines and duplicate ids raise ``DataListError`` with file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataListError(f"data list not found: {path}. Write one with tools/prepare_data.py or "
                             "tools/make_synthetic.py")
-    records: List[VideoRecord] = []
-    first_line: Dict[str, int] = {}
+    records: list[VideoRecord] = []
+    first_line: dict[str, int] = {}
     empty = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):

@@ -14,9 +14,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..constants import VIDEO_EXTENSIONS
 from ..errors import DataListError
@@ -40,10 +40,10 @@ SHOW = 5  # names shown in log messages before "..."
 class VideoIndex:
     """Video files under a root, by name without extension: decides each record's path and whether it exists."""
 
-    def __init__(self, videos_root: Path, ext: Optional[str], default_ext: str):
+    def __init__(self, videos_root: Path, ext: str | None, default_ext: str):
         self.root, self.ext, self.default_ext = Path(videos_root), ext, default_ext
         self.files: set = set()
-        self.by_stem: Dict[str, List[str]] = {}
+        self.by_stem: dict[str, list[str]] = {}
         if not self.root.is_dir():
             _logger.warning("videos folder %s does not exist: every listed video will be reported missing", self.root)
             return
@@ -58,12 +58,12 @@ class VideoIndex:
                 self.by_stem.setdefault(cv.strip_video_extension(name), []).append(rel)
         _logger.info("indexed %d video files under %s", len(self.files), self.root)
 
-    def _preference(self, rel: str) -> Tuple[int, int, str]:
+    def _preference(self, rel: str) -> tuple[int, int, str]:
         suffix = os.path.splitext(rel)[1].lower()
         order = list(VIDEO_EXTENSIONS + EXTRA_VIDEO_EXTENSIONS)
         return (order.index(suffix) if suffix in order else len(order), rel.count("/"), rel)
 
-    def path_for(self, video_id: str, raw_name: Optional[str] = None) -> str:
+    def path_for(self, video_id: str, raw_name: str | None = None) -> str:
         """Relative path of a video: the file found on disk if any (``--ext`` restricts the choice), else a default."""
         found = self.by_stem.get(video_id, [])
         if self.ext:
@@ -85,11 +85,11 @@ class VideoIndex:
 class Converted:
     """What a converter produced: records per split, split-list sizes, the splits it could not make and why."""
 
-    splits: Dict[str, List[VideoRecord]] = field(default_factory=dict)
-    list_sizes: Dict[str, int] = field(default_factory=dict)
-    missing_splits: Dict[str, str] = field(default_factory=dict)
-    files: Dict[str, Path] = field(default_factory=dict)  # official file name -> where it was found
-    problems: List[str] = field(default_factory=list)  # disagreements with the official facts
+    splits: dict[str, list[VideoRecord]] = field(default_factory=dict)
+    list_sizes: dict[str, int] = field(default_factory=dict)
+    missing_splits: dict[str, str] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # official file name -> where it was found
+    problems: list[str] = field(default_factory=list)  # disagreements with the official facts
 
 
 @dataclass
@@ -97,14 +97,14 @@ class PrepareReport:
     """Outcome of ``prepare``: written lists with their counts, missing splits, failed checks, missing videos."""
 
     dataset: str
-    written: Dict[str, Dict[str, object]] = field(default_factory=dict)
-    missing_splits: Dict[str, str] = field(default_factory=dict)
-    problems: List[str] = field(default_factory=list)
-    missing_videos: Dict[str, List[str]] = field(default_factory=dict)
+    written: dict[str, dict[str, object]] = field(default_factory=dict)
+    missing_splits: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    missing_videos: dict[str, list[str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------- file discovery
-def find_annotation(annotations: Path, dataset: str, name: str) -> Optional[Path]:
+def find_annotation(annotations: Path, dataset: str, name: str) -> Path | None:
     """First ``name`` found in ``annotations/<alias>``, ``annotations/splits/<alias>`` or ``annotations``."""
     folders = [annotations / a for a in FOLDER_ALIASES[dataset]]
     folders += [annotations / "splits" / a for a in FOLDER_ALIASES[dataset]] + [annotations]
@@ -124,7 +124,7 @@ def convert_msrvtt(annotations: Path, index: VideoIndex, val_size: int = MSRVTT_
     out = Converted()
     names = ("MSRVTT_JSFUSION_test.csv", "MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_data.json")
     out.files = {n: p for n in names if (p := find_annotation(annotations, "msrvtt", n)) is not None}
-    test_ids: List[str] = []
+    test_ids: list[str] = []
     if "MSRVTT_JSFUSION_test.csv" in out.files:
         rows = cv.read_msrvtt_test_csv(out.files["MSRVTT_JSFUSION_test.csv"])
         test_ids = [vid for vid, _ in rows]
@@ -139,8 +139,9 @@ def convert_msrvtt(annotations: Path, index: VideoIndex, val_size: int = MSRVTT_
             out.problems.append(f"{len(overlap)} video(s) are both in MSRVTT_train.9k.csv and the 1k-A test csv, "
                                 f"e.g. {sorted(overlap)[:SHOW]}")
     if "MSRVTT_data.json" not in out.files:
+        why = _needs(["MSRVTT_data.json"], annotations) + ", which holds the training captions"
         for split in ("train_9k", "train_7k", "val_9k_holdout", "train_9k_minus_val", *MSRVTT_FULL_SPLITS.values()):
-            out.missing_splits[split] = _needs(["MSRVTT_data.json"], annotations) + ", which holds the training captions"
+            out.missing_splits[split] = why
         return out
     captions, official = cv.read_msrvtt_data_json(out.files["MSRVTT_data.json"])
     for key, csv_name in (("9k", "MSRVTT_train.9k.csv"), ("7k", "MSRVTT_train.7k.csv")):
@@ -161,7 +162,7 @@ def convert_msrvtt(annotations: Path, index: VideoIndex, val_size: int = MSRVTT_
     return out
 
 
-def _captioned(ids: Sequence[str], captions, index: VideoIndex, source: str, out: Converted) -> List[VideoRecord]:
+def _captioned(ids: Sequence[str], captions, index: VideoIndex, source: str, out: Converted) -> list[VideoRecord]:
     records, uncaptioned = cv.captioned_records(ids, captions, index.path_for)
     if uncaptioned:
         out.problems.append(f"{len(uncaptioned)} id(s) of {source} have no caption and were left out, e.g. "
@@ -214,7 +215,7 @@ CONVERTERS = {"msrvtt": convert_msrvtt, "msvd": convert_msvd, "didemo": convert_
 
 
 # --------------------------------------------------------------------------------------------------- checks
-def file_fingerprint(path: Path) -> Dict[str, object]:
+def file_fingerprint(path: Path) -> dict[str, object]:
     """``bytes``, ``sha256`` and ``git_blob_sha1`` (what ``git hash-object`` prints) of a file, in one read."""
     size = path.stat().st_size
     sha256, blob = hashlib.sha256(), hashlib.sha1(f"blob {size}\0".encode())
@@ -225,7 +226,7 @@ def file_fingerprint(path: Path) -> Dict[str, object]:
     return {"bytes": size, "sha256": sha256.hexdigest(), "git_blob_sha1": blob.hexdigest()}
 
 
-def check_files(files: Dict[str, Path], facts: Dict[str, dict]) -> List[str]:
+def check_files(files: dict[str, Path], facts: dict[str, dict]) -> list[str]:
     """Compare each official file with its reference fingerprint; returns the disagreements."""
     problems = []
     for name, path in sorted(files.items()):
@@ -243,7 +244,7 @@ def check_files(files: Dict[str, Path], facts: Dict[str, dict]) -> List[str]:
     return problems
 
 
-def split_counts(records: Sequence[VideoRecord]) -> Dict[str, int]:
+def split_counts(records: Sequence[VideoRecord]) -> dict[str, int]:
     """``videos``, ``captions`` and (paragraph lists) ``sentences`` of a list."""
     counts = {"videos": len(records), "captions": sum(len(r.captions) for r in records)}
     if any(r.sentences for r in records):
@@ -251,7 +252,7 @@ def split_counts(records: Sequence[VideoRecord]) -> Dict[str, int]:
     return counts
 
 
-def check_counts(dataset: str, split: str, counts: Dict[str, int], expected: Dict[str, int]) -> List[str]:
+def check_counts(dataset: str, split: str, counts: dict[str, int], expected: dict[str, int]) -> list[str]:
     """Disagreements between a split's counts and the reference counts (keys present in both)."""
     bad = [k for k in expected if k in counts and counts[k] != expected[k]]
     if bad:
@@ -262,7 +263,7 @@ def check_counts(dataset: str, split: str, counts: Dict[str, int], expected: Dic
     return []
 
 
-def load_expected(path: Optional[Path]) -> Dict[str, dict]:
+def load_expected(path: Path | None) -> dict[str, dict]:
     """Reference facts (``data_lists/expected.json``); empty, with a warning, when the file is absent."""
     path = Path(path) if path else DEFAULT_EXPECTED
     if not path.is_file():
@@ -273,7 +274,7 @@ def load_expected(path: Optional[Path]) -> Dict[str, dict]:
 
 # --------------------------------------------------------------------------------------------------- writing
 def _report_missing_videos(dataset: str, converted: Converted, index: VideoIndex, out: Path
-                           ) -> Dict[str, List[str]]:
+                           ) -> dict[str, list[str]]:
     missing = {split: [r.path for r in records if not index.exists(r.path)] for split, records in
                converted.splits.items()}
     missing = {split: paths for split, paths in missing.items() if paths}
@@ -289,8 +290,8 @@ def _report_missing_videos(dataset: str, converted: Converted, index: VideoIndex
     return missing
 
 
-def prepare(dataset: str, annotations: Path, videos: Path, out: Path, ext: Optional[str] = None,
-            drop_missing: bool = False, val_size: int = MSRVTT_VAL_SIZE, expected_path: Optional[Path] = None
+def prepare(dataset: str, annotations: Path, videos: Path, out: Path, ext: str | None = None,
+            drop_missing: bool = False, val_size: int = MSRVTT_VAL_SIZE, expected_path: Path | None = None
             ) -> PrepareReport:
     """Convert, check and write every split of ``dataset`` found under ``annotations``.
 
@@ -360,7 +361,7 @@ def format_report(report: PrepareReport) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from ..logging_utils import setup_logging
 
     args = build_parser().parse_args(argv)

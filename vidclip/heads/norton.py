@@ -34,7 +34,8 @@ FINE_MODES = ("ot+lse", "ot", "lse")
 def soft_maximum(sims: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0, mean: bool = True) -> torch.Tensor:
     """``α·log Σ_{valid} exp(s/α)`` over the last dim (``- α·log(#valid)`` when ``mean``); all-masked rows give 0."""
     mask = mask.expand_as(sims)
-    lse = torch.logsumexp((sims / alpha).masked_fill(~mask, float("-inf")), -1)
+    # a finite fill (not -inf) keeps all-masked rows finite in backward; exp(min - max) is exactly 0 otherwise
+    lse = torch.logsumexp((sims / alpha).masked_fill(~mask, torch.finfo(sims.dtype).min), -1)
     count = mask.sum(-1)
     if mean:
         lse = lse - count.clamp_min(1).to(lse.dtype).log()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from omegaconf import OmegaConf
@@ -27,11 +27,6 @@ from .text_encoder import TextEncoder
 _logger = logging.getLogger(__name__)
 
 Gather = Callable[[Features], Features]
-
-# Words whose captioning-loss class weight is lowered (Prompt Switch, methods.md §2.1(f)); SOT/EOT are added by id.
-FREQUENT_WORDS = ("in", "on", "of", "to", "about", "this", "that", "a", "an", "the", "and", "there", "here", "is",
-                  "are", ".", ",")
-
 
 class VideoTextModel(nn.Module):
     """Encode videos and texts into head features and score them; ``forward(batch)`` returns the training losses.
@@ -120,7 +115,7 @@ class VideoTextModel(nn.Module):
             losses[name] = self.aux_weight * value.float()
         if self.captioner is not None:
             tokens = batch["text_tokens"].to(outputs.frames.device)
-            caption = self.captioner.loss(outputs.frames, tokens)  # un-normalised frame embeddings (B, T, E)
+            caption = self.captioner.loss(outputs.frames, tokens, outputs.mask)  # raw frame embeddings (B, T, E)
             losses["caption"] = float(self.cfg.prompt.caption_loss_weight) * caption.float()
         losses["loss"] = sum(losses.values())
         return losses
@@ -163,24 +158,16 @@ def _head_kwargs(cfg, embed_dim: int) -> Dict[str, Any]:
     return kwargs
 
 
-def frequent_word_ids(words: Sequence[str] = FREQUENT_WORDS) -> List[int]:
-    """BPE ids of the frequent words plus SOT and EOT (the captioning loss weights them down)."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    tokenizer = SimpleTokenizer()
-    ids = {i for word in words for i in tokenizer.encode(word)}
-    ids.update((tokenizer.sot_token_id, tokenizer.eot_token_id))
-    return sorted(ids)
-
-
 def _build_captioner(cfg, text_encoder: TextEncoder, embed_dim: int) -> Optional[nn.Module]:
     """Prompt Switch's auxiliary captioner when ``cfg.prompt.caption_loss_weight > 0`` (else None)."""
     if not cfg.prompt.caption_loss_weight or cfg.prompt.caption_loss_weight <= 0:
         return None
-    from .prompt_cube import PromptCaptioner
+    from .prompt_cube import PromptCaptioner, frequent_word_ids
 
+    projection = text_encoder.text_projection
     return PromptCaptioner(embed_dim=embed_dim, vocab_size=text_encoder.token_embedding.num_embeddings,
                            num_layers=int(cfg.prompt.caption_layers), token_embedding=text_encoder.token_embedding,
                            positional_embedding=text_encoder.positional_embedding,
                            frequent_word_ids=frequent_word_ids(),
-                           frequent_word_weight=float(cfg.prompt.frequent_word_weight))
+                           frequent_word_weight=float(cfg.prompt.frequent_word_weight),
+                           input_projection=projection if isinstance(projection, torch.Tensor) else None)
