@@ -11,7 +11,9 @@
   taken from a descending ``torch.argsort`` of its row (float64, CPU, ``stable=False`` as published: ties are ordered
   by torch's sort, no tie expansion); padding / NaN / inf ground truths are dropped; MdR = ``torch.median`` (the LOWER
   middle value for an even count). Padding rows are whole rows, so sorting only the real rows gives the same ranks
-  (one row's sort never depends on the other rows). v2t (``tensor_video_to_text_sim``): NaN -> -inf, then the best
+  (one row's sort never depends on the other rows). One deliberate deviation: NaN entries (failed videos) are sorted
+  last, as numpy does in ``compute_metrics``; torch would sort them first and cost every caption one rank per
+  failed video. v2t (``tensor_video_to_text_sim``): NaN -> -inf, then the best
   caption of every group against every video, transposed to (video, group), through ``compute_metrics`` (with ties).
   Captions of a video need not be contiguous: they are grouped per video in their order of appearance.
 - failed videos: their columns are NaN, so their own queries drop out (published behaviour).
@@ -30,7 +32,8 @@ that re-weights each direction differently (EMCL DSL, QB-Norm); each direction i
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -49,7 +52,7 @@ def _as_numpy(x: ArrayLike) -> np.ndarray:
 
 
 def _summary(ranks: np.ndarray, median: str = "numpy", return_ranks: bool = False,
-             failed: Optional[np.ndarray] = None, **extra: Any) -> Dict[str, Any]:
+             failed: np.ndarray | None = None, **extra: Any) -> dict[str, Any]:
     """R@K, MdR, MnR from 0-based ranks (``median``: numpy = average of the middle values, lower = torch).
 
     ``failed`` queries are misses at every K (even when the gallery is smaller than K); their rank still enters
@@ -58,7 +61,7 @@ def _summary(ranks: np.ndarray, median: str = "numpy", return_ranks: bool = Fals
     ranks = np.asarray(ranks, dtype=np.int64)
     n = len(ranks)
     hit_ok = np.ones(n, dtype=bool) if failed is None else ~failed
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     for k in KS:
         out[f"R@{k}"] = float(100.0 * np.count_nonzero((ranks < k) & hit_ok) / n) if n else float("nan")
     if n == 0:
@@ -74,7 +77,7 @@ def _summary(ranks: np.ndarray, median: str = "numpy", return_ranks: bool = Fals
 
 
 # ------------------------------------------------------------------------------------------------ CLIP4Clip mode
-def compute_metrics_clip4clip(x: np.ndarray, return_ranks: bool = False) -> Dict[str, Any]:
+def compute_metrics_clip4clip(x: np.ndarray, return_ranks: bool = False) -> dict[str, Any]:
     """CLIP4Clip ``compute_metrics`` on a (queries, gallery) matrix with the ground truth on the diagonal."""
     sx = np.sort(-x, axis=1)  # (Q, G) descending similarities (NaN last)
     d = np.diag(-x)[:, None]  # (Q, 1)
@@ -117,9 +120,12 @@ def group_best_similarity(sim: np.ndarray, text_to_video: np.ndarray) -> np.ndar
     return best.T  # (V_video, V_group)
 
 
-def _clip4clip_multi_t2v(sim: np.ndarray, text_to_video: np.ndarray, return_ranks: bool) -> Dict[str, Any]:
+def _clip4clip_multi_t2v(sim: np.ndarray, text_to_video: np.ndarray, return_ranks: bool) -> dict[str, Any]:
     """Deferf ``tensor_text_to_video_metrics`` on the real caption rows (padding rows are dropped anyway)."""
-    s = torch.from_numpy(sim)  # (N_t, V) float64, as the published np.concatenate with -inf padding produces
+    # (N_t, V) float64, as the published np.concatenate with -inf padding produces. NaN -> -inf: a failed video
+    # sorts last, as NaN does in compute_metrics (the literal torch code would sort NaN FIRST and push every caption
+    # down one rank per failed video); without NaN this is bit for bit the published procedure.
+    s = torch.from_numpy(np.where(np.isnan(sim), -np.inf, sim))
     gt = torch.from_numpy(text_to_video)
     order = torch.argsort(s, dim=-1, descending=True)  # (N_t, V); second argsort == position of each video
     ranks = (order == gt[:, None]).to(torch.int8).argmax(dim=1)  # (N_t,) position of the GT video
@@ -132,8 +138,8 @@ def _clip4clip_multi_t2v(sim: np.ndarray, text_to_video: np.ndarray, return_rank
                     n_dropped=int((~valid).sum()))
 
 
-def _clip4clip(t2v_sim: np.ndarray, v2t_sim: np.ndarray, text_to_video: Optional[np.ndarray],
-               return_ranks: bool) -> Dict[str, Dict[str, Any]]:
+def _clip4clip(t2v_sim: np.ndarray, v2t_sim: np.ndarray, text_to_video: np.ndarray | None,
+               return_ranks: bool) -> dict[str, dict[str, Any]]:
     if text_to_video is None:
         return {"t2v": compute_metrics_clip4clip(t2v_sim, return_ranks),
                 "v2t": compute_metrics_clip4clip(v2t_sim.T, return_ranks)}
@@ -174,7 +180,7 @@ def _strict_v2t_ranks(sim: np.ndarray, gt: np.ndarray, excluded_videos: np.ndarr
 
 
 def _strict(t2v_sim: np.ndarray, v2t_sim: np.ndarray, text_to_video: np.ndarray, failed_cols: np.ndarray,
-            return_ranks: bool) -> Dict[str, Dict[str, Any]]:
+            return_ranks: bool) -> dict[str, dict[str, Any]]:
     excluded_t2v = failed_cols | np.isnan(t2v_sim).all(axis=0)
     t2v = _strict_t2v_ranks(t2v_sim, text_to_video, excluded_t2v)
     excluded_v2t = failed_cols | np.isnan(v2t_sim).all(axis=0)
@@ -186,7 +192,7 @@ def _strict(t2v_sim: np.ndarray, v2t_sim: np.ndarray, text_to_video: np.ndarray,
 
 
 # ------------------------------------------------------------------------------------------------ public API
-def _check_inputs(t2v_sim: np.ndarray, v2t_sim: np.ndarray, text_to_video: Optional[ArrayLike]) -> Optional[np.ndarray]:
+def _check_inputs(t2v_sim: np.ndarray, v2t_sim: np.ndarray, text_to_video: ArrayLike | None) -> np.ndarray | None:
     for name, s in (("sim", t2v_sim), ("sim['v2t']", v2t_sim)):
         if s.ndim != 2:
             raise ValueError(f"retrieval_metrics expects a 2-D (texts, videos) matrix for {name}, got {s.shape}")
@@ -204,9 +210,9 @@ def _check_inputs(t2v_sim: np.ndarray, v2t_sim: np.ndarray, text_to_video: Optio
     return idx.astype(np.int64)
 
 
-def retrieval_metrics(sim: Union[ArrayLike, Mapping[str, ArrayLike]], text_to_video: Optional[ArrayLike] = None,
-                      mode: str = "clip4clip", failed_videos: Optional[Iterable[int]] = None,
-                      return_ranks: bool = False) -> Dict[str, Dict[str, Any]]:
+def retrieval_metrics(sim: Union[ArrayLike, Mapping[str, ArrayLike]], text_to_video: ArrayLike | None = None,
+                      mode: str = "clip4clip", failed_videos: Iterable[int] | None = None,
+                      return_ranks: bool = False) -> dict[str, dict[str, Any]]:
     """Text-to-video and video-to-text retrieval metrics.
 
     Args:

@@ -30,7 +30,8 @@ N_texts) for v2t (training videos against the test texts). Without ``bank_sim_v2
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from .registry import POSTPROCESSORS
 _logger = logging.getLogger(__name__)
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-Processed = Union[ArrayLike, Dict[str, ArrayLike]]
+Processed = Union[ArrayLike, dict[str, ArrayLike]]
 UNITS = ("cosine", "logits")
 
 
@@ -71,7 +72,7 @@ def nan_safe_softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     return out.masked_fill(nan, float("nan"))
 
 
-def check_bank(bank_sim: Optional[ArrayLike], sim: torch.Tensor, name: str, what: str) -> torch.Tensor:
+def check_bank(bank_sim: ArrayLike | None, sim: torch.Tensor, name: str, what: str) -> torch.Tensor:
     """The bank as float64; refuses a missing bank or one identical to the test matrix (test-query leakage)."""
     if bank_sim is None:
         raise ValueError(f"post-processing '{name}' needs a query bank: {what} (similarities of TRAINING captions "
@@ -102,8 +103,8 @@ def dsl(sim: torch.Tensor, scale: float = 1.0, dim: int = 0, multiplier: float =
 
 def _register_dsl(name: str, expects: str, describe: str,
                   body: Callable[[torch.Tensor], Processed]) -> None:
-    def postprocessor(sim: ArrayLike, bank_sim: Optional[ArrayLike] = None, *, units: str = "cosine",
-                      logit_scale: float = 100.0, **unused: Any) -> Tuple[Processed, str]:
+    def postprocessor(sim: ArrayLike, bank_sim: ArrayLike | None = None, *, units: str = "cosine",
+                      logit_scale: float = 100.0, **unused: Any) -> tuple[Processed, str]:
         s = convert_units(_to_float64(sim), units, expects, logit_scale)
         out = body(s)
         label = f"{name} ({describe} on {expects}" + (f", logit_scale={logit_scale:g})" if units != expects else ")")
@@ -127,7 +128,7 @@ _register_dsl("dsl_emcl", "cosine", "EMCL DSL: t2v S*softmax(S/0.01, dim=0)*N, v
 
 
 @POSTPROCESSORS.register("none")
-def no_postprocess(sim: ArrayLike, bank_sim: Optional[ArrayLike] = None, **unused: Any) -> Tuple[ArrayLike, str]:
+def no_postprocess(sim: ArrayLike, bank_sim: ArrayLike | None = None, **unused: Any) -> tuple[ArrayLike, str]:
     """The identity (the default)."""
     return sim, "none"
 
@@ -167,23 +168,24 @@ def qb_norm(sim: torch.Tensor, bank_sim: torch.Tensor, k: int = 1, beta: float =
 
 
 @POSTPROCESSORS.register("qbnorm")
-def qbnorm_postprocess(sim: ArrayLike, bank_sim: Optional[ArrayLike] = None, *,
-                       bank_sim_v2t: Optional[ArrayLike] = None, units: str = "cosine", logit_scale: float = 100.0,
+def qbnorm_postprocess(sim: ArrayLike, bank_sim: ArrayLike | None = None, *,
+                       bank_sim_v2t: ArrayLike | None = None, units: str = "cosine", logit_scale: float = 100.0,
                        k: int = 1, beta: float = 70.0, theta_t2v: float = 3, theta_v2t: float = 5,
-                       **unused: Any) -> Tuple[Dict[str, ArrayLike], str]:
+                       **unused: Any) -> tuple[dict[str, ArrayLike], str]:
     """QB-Norm per direction; ``beta`` multiplies COSINE similarities (all inputs converted from ``units``).
 
     ``bank_sim``: (N_bank_texts, N_videos) training texts vs test videos (t2v); ``bank_sim_v2t``: (N_bank_videos,
     N_texts) training videos vs test texts (v2t, optional: without it the v2t matrix is the raw one).
     """
-    s = convert_units(_to_float64(sim), units, "cosine", logit_scale)  # (N_t, N_v)
-    bank = convert_units(check_bank(bank_sim, s, "qbnorm", "bank_sim"), units, "cosine", logit_scale)
+    raw = _to_float64(sim)  # (N_t, N_v) in ``units``; banks are checked in the same units
+    s = convert_units(raw, units, "cosine", logit_scale)
+    bank = convert_units(check_bank(bank_sim, raw, "qbnorm", "bank_sim"), units, "cosine", logit_scale)
     t2v = qb_norm(s, bank, k, beta, theta_t2v)
     label = f"qbnorm (t2v: k={k}, beta={beta:g} x cosine, theta={theta_t2v:g}"
     if bank_sim_v2t is None:
         v2t, label = s, label + "; v2t untouched: no video bank)"
     else:
-        bank_v = convert_units(check_bank(bank_sim_v2t, s.T, "qbnorm", "bank_sim_v2t"), units, "cosine", logit_scale)
+        bank_v = convert_units(check_bank(bank_sim_v2t, raw.T, "qbnorm", "bank_sim_v2t"), units, "cosine", logit_scale)
         v2t = qb_norm(s.T, bank_v, k, beta, theta_v2t).T  # (N_t, N_v) back in text-row orientation
         label += f"; v2t: theta={theta_v2t:g})"
     return {"t2v": _like(t2v, sim), "v2t": _like(v2t, sim)}, label
@@ -234,25 +236,26 @@ def sk_norm_levels(levels_test: Mapping[str, ArrayLike], levels_bank: Mapping[st
 
 
 @POSTPROCESSORS.register("sknorm")
-def sknorm_postprocess(sim: ArrayLike, bank_sim: Optional[ArrayLike] = None, *,
-                       bank_sim_v2t: Optional[ArrayLike] = None, units: str = "cosine", logit_scale: float = 100.0,
-                       n_iters: int = 4, **unused: Any) -> Tuple[Dict[str, ArrayLike], str]:
+def sknorm_postprocess(sim: ArrayLike, bank_sim: ArrayLike | None = None, *,
+                       bank_sim_v2t: ArrayLike | None = None, units: str = "cosine", logit_scale: float = 100.0,
+                       n_iters: int = 4, **unused: Any) -> tuple[dict[str, ArrayLike], str]:
     """Single-level SK-norm on logits; t2v bias per video column, v2t bias per text row (with ``bank_sim_v2t``)."""
-    s = convert_units(_to_float64(sim), units, "logits", logit_scale)  # (N_t, N_v)
-    bank = convert_units(check_bank(bank_sim, s, "sknorm", "bank_sim"), units, "logits", logit_scale)
+    raw = _to_float64(sim)  # (N_t, N_v) in ``units``; banks are checked in the same units
+    s = convert_units(raw, units, "logits", logit_scale)
+    bank = convert_units(check_bank(bank_sim, raw, "sknorm", "bank_sim"), units, "logits", logit_scale)
     t2v = sk_norm(s, bank, n_iters)
     label = f"sknorm (Sinkhorn-Knopp {n_iters} iterations on logits"
     if bank_sim_v2t is None:
         v2t, label = s, label + "; v2t untouched: no video bank)"
     else:
-        bank_v = convert_units(check_bank(bank_sim_v2t, s.T, "sknorm", "bank_sim_v2t"), units, "logits", logit_scale)
+        bank_v = convert_units(check_bank(bank_sim_v2t, raw.T, "sknorm", "bank_sim_v2t"), units, "logits", logit_scale)
         v2t, label = sk_norm(s.T, bank_v, n_iters).T, label + ", both directions)"
     return {"t2v": _like(t2v, sim), "v2t": _like(v2t, sim)}, label
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def apply_postprocess(name: str, sim: ArrayLike, bank_sim: Optional[ArrayLike] = None,
-                      **kwargs: Any) -> Tuple[Processed, str]:
+def apply_postprocess(name: str, sim: ArrayLike, bank_sim: ArrayLike | None = None,
+                      **kwargs: Any) -> tuple[Processed, str]:
     """Apply the post-processor ``name`` to the (N_texts, N_videos) test matrix ``sim``.
 
     Args:
