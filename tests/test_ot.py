@@ -92,7 +92,9 @@ def test_rectified_targets_against_naive_and_row_sums():
     assert torch.allclose(t2v, 0.3 * q + 0.7 * eye, atol=1e-5)
     assert torch.allclose(v2t, t2v.t(), atol=1e-7)
     assert torch.allclose(t2v.sum(0), torch.ones(n), atol=1e-5)  # columns of Q are exact
-    assert torch.allclose(t2v.sum(1), torch.ones(n), atol=1e-3)
+    assert torch.allclose(t2v.sum(1), torch.ones(n), atol=1e-2)  # 50 iterations on peaked logits: rows ~1
+    mild, _ = rectified_targets(torch.randn(10, 10, generator=gen))
+    assert torch.allclose(mild.sum(1), torch.ones(n), atol=1e-5)
     assert (t2v >= 0).all() and (t2v.diagonal() >= 0.7).all()
     with pytest.raises(ValueError):
         rectified_targets(torch.zeros(3, 4))

@@ -65,7 +65,8 @@ def check_head_kwargs(head_cls: type, model_cfg: Any) -> None:
 
     from ..errors import ConfigError
 
-    valid = [name for name in inspect.signature(head_cls.__init__).parameters if name not in ("self", "args", "kwargs")]
+    params = inspect.signature(head_cls.__init__).parameters
+    valid = [name for name in params if name not in ("self", "args", "kwargs")]
     unknown = sorted(str(key) for key in (model_cfg.head.kwargs or {}) if key not in valid)
     if unknown:
         raise ConfigError(f"model.head.kwargs: unknown key(s) {unknown} for head '{model_cfg.head.name}'. "

@@ -67,7 +67,8 @@ class GLSCLHead(Head):
             raise ValueError(f"glscl: embed_dim {embed_dim} is not divisible by num_heads {heads}; set num_heads")
         self.temperature, self.local_weight = float(temperature), float(local_weight)
         self.mask_memory, self.reference_pool_masking = bool(mask_memory), bool(reference_pool_masking)
-        self.alpha, self.margin, self.beta, self.icl_target = float(alpha), float(margin), float(beta), float(icl_target)
+        self.alpha, self.margin = float(alpha), float(margin)
+        self.beta, self.icl_target = float(beta), float(icl_target)
         self.icl_normalization = icl_normalization
         self.queries = nn.Parameter(torch.rand(num_queries, embed_dim))  # (Nq, E), U[0, 1) as the reference
         layer = nn.TransformerDecoderLayer(embed_dim, heads, dim_feedforward=decoder_ff or 4 * embed_dim,

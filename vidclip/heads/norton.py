@@ -178,7 +178,7 @@ def paragraph_similarity(sentence_feats: torch.Tensor, clip_feats: torch.Tensor,
                          bucket: Optional[Union[float, torch.Tensor]] = None, prompt_ratio: float = 0.3,
                          epsilon: float = 0.1, iters: int = 50, minmax: bool = True, mass: Optional[float] = None,
                          scale: float = 1.0 / 0.07) -> torch.Tensor:
-    """Norton's video-paragraph scores: prompt-bucket OT between the sentences of A paragraphs and the clips of B videos.
+    """Norton's video-paragraph scores: prompt-bucket OT between sentences of A paragraphs and clips of B videos.
 
     Steps (methods.md §5.1(b) 1, 4-7): D = cosine(sentence, clip) for every (paragraph, video) pair, min-max
     normalised to [0, 1] over all valid entries (``minmax``); bucket p = the ``int(prompt_ratio * N)``-th smallest of
@@ -197,7 +197,8 @@ def paragraph_similarity(sentence_feats: torch.Tensor, clip_feats: torch.Tensor,
     num_b, n, _ = clip_feats.shape
     s_mask = torch.ones(num_a, m, dtype=torch.bool, device=sentence_feats.device) if sentence_mask is None \
         else sentence_mask.bool()
-    c_mask = torch.ones(num_b, n, dtype=torch.bool, device=clip_feats.device) if clip_mask is None else clip_mask.bool()
+    c_mask = torch.ones(num_b, n, dtype=torch.bool, device=clip_feats.device) if clip_mask is None \
+        else clip_mask.bool()
     sims = torch.einsum("aid,bjd->abij", l2_normalize(sentence_feats.float()), l2_normalize(clip_feats.float()))
     valid = s_mask[:, None, :, None] & c_mask[None, :, None, :]  # (A, B, m, n)
     if minmax:
@@ -222,8 +223,8 @@ def aligned_percentile(sims: torch.Tensor, valid: torch.Tensor, ratio: float) ->
     """
     num_a, num_b, m, n = sims.shape
     if num_a != num_b or m != n:
-        raise ValueError(f"paragraph_similarity: the default bucket needs aligned paragraphs and videos (A == B, m == n),"
-                         f" got {num_a} x {num_b} groups of {m} x {n}; pass bucket= explicitly")
+        raise ValueError("paragraph_similarity: the default bucket needs aligned paragraphs and videos "
+                         f"(A == B, m == n), got {num_a} x {num_b} groups of {m} x {n}; pass bucket= explicitly")
     idx = torch.arange(num_a, device=sims.device)
     diag = sims[idx, idx].diagonal(dim1=-2, dim2=-1)  # (A, m)
     values = diag[valid[idx, idx].diagonal(dim1=-2, dim2=-1)]  # (N,)
