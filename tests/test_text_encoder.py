@@ -80,3 +80,13 @@ def test_gradient_checkpointing_gives_identical_outputs_and_gradients(clip):
 def test_context_longer_than_the_tower_is_refused(clip):
     with pytest.raises(ValueError, match="exceeds"):
         TextEncoder(clip, 78)
+
+
+def test_vit_b32_text_tower_parity():
+    torch.manual_seed(1)
+    clip = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True).eval()
+    encoder = TextEncoder(clip, 32).eval()
+    with torch.no_grad():
+        ours = encoder(CAPTIONS).pooled
+        ref = clip.encode_text(open_clip.tokenize(CAPTIONS))
+    assert torch.allclose(ours, ref, atol=1e-5)

@@ -5,13 +5,11 @@ Cross-process gathering is not done here: the model gathers features with the ca
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 
 
-def symmetric_infonce(logits: torch.Tensor, targets: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+def symmetric_infonce(logits: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor] | None = None
                       ) -> torch.Tensor:
     """½ [CE(text -> video) + CE(video -> text)] on (N, N) logits with the positives on the diagonal.
 
@@ -31,7 +29,7 @@ def symmetric_infonce(logits: torch.Tensor, targets: Optional[Tuple[torch.Tensor
     return 0.5 * (loss_t + loss_v)
 
 
-def identity_targets(n: int, device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def identity_targets(n: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Identity soft targets ``(I, I)``: with them :func:`symmetric_infonce` equals the hard-label loss."""
     eye = torch.eye(n, device=device)
     return eye, eye

@@ -15,8 +15,9 @@ pretrained text blocks and ``logit_scale`` starts at the pretrained CLIP value.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -32,12 +33,12 @@ _JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def list_models() -> List[str]:
+def list_models() -> list[str]:
     """Names of the built-in architecture files (``vidclip/models/model_configs``)."""
     return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
 
 
-def _model_cfg(name_or_config: Union[str, Path, DictConfig, ModelCfg], overrides: Dict[str, Any]) -> DictConfig:
+def _model_cfg(name_or_config: Union[str, Path, DictConfig, ModelCfg], overrides: dict[str, Any]) -> DictConfig:
     """A structured ``ModelCfg`` from an architecture name / file, a ``ModelCfg`` or a full run config."""
     if isinstance(name_or_config, (str, Path)):
         return model_config_from_arch(str(name_or_config), **overrides)
@@ -104,9 +105,18 @@ def download_open_clip_weights(clip_cfg, tag: str) -> Path:
     return Path(path)
 
 
-def read_open_clip_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+def _is_torchscript_archive(path: Path) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def read_open_clip_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     """State dict of an open_clip weight file: safetensors, torch pickles, or OpenAI JIT archives."""
-    import open_clip
+    from open_clip.factory import load_state_dict
 
     path = Path(path)
     try:
@@ -114,13 +124,12 @@ def read_open_clip_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        try:
-            return open_clip.load_state_dict(str(path), weights_only=True)
-        except RuntimeError as exc:
-            if "TorchScript" not in str(exc):
-                raise
-            state = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI JIT archive
+        if _is_torchscript_archive(path):  # OpenAI JIT archive (e.g. ViT-B-32.pt)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the only reader
+                state = torch.jit.load(str(path), map_location="cpu").state_dict()
             return {k: v for k, v in state.items() if k not in _JIT_EXTRA_KEYS}
+        return load_state_dict(str(path), weights_only=True)
     except CheckpointError:
         raise
     except Exception as exc:
@@ -128,7 +137,7 @@ def read_open_clip_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]
                               "a .safetensors file or an OpenAI JIT archive") from exc
 
 
-def check_shapes(expected: Dict[str, torch.Size], found: Dict[str, torch.Size], source: str) -> None:
+def check_shapes(expected: dict[str, torch.Size], found: dict[str, torch.Size], source: str) -> None:
     """Raise ``CheckpointError`` naming the first key whose shape differs, and missing / unexpected keys."""
     for key, shape in found.items():
         if key in expected and tuple(expected[key]) != tuple(shape):
@@ -154,6 +163,8 @@ def load_open_clip_weights(clip: nn.Module, path: Union[str, Path]) -> None:
         state["logit_scale"] = state["logit_scale"].reshape(model_state["logit_scale"].shape)
     if "logit_bias" not in model_state:
         state.pop("logit_bias", None)
+    buffers_not_saved = {name for name, _ in clip.named_buffers()} - set(model_state)  # e.g. attn_mask in JIT files
+    state = {k: v for k, v in state.items() if k not in buffers_not_saved}
     resize_pos_embed(state, clip)
     resize_text_pos_embed(state, clip)
     check_shapes({k: v.shape for k, v in model_state.items()}, {k: v.shape for k, v in state.items()}, str(path))
@@ -161,7 +172,7 @@ def load_open_clip_weights(clip: nn.Module, path: Union[str, Path]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- vidclip weights
-def _vidclip_weights_file(path: Path) -> Optional[Path]:
+def _vidclip_weights_file(path: Path) -> Path | None:
     """The ``model.safetensors`` of a vidclip checkpoint at ``path``, or None when ``path`` is not one."""
     from ..engine.checkpoint import read_weights_metadata, resolve_model_weights
 
@@ -178,7 +189,7 @@ def _vidclip_weights_file(path: Path) -> Optional[Path]:
     return file if is_vidclip else None
 
 
-def load_vidclip_weights(model: VideoTextModel, file: Path) -> Dict[str, str]:
+def load_vidclip_weights(model: VideoTextModel, file: Path) -> dict[str, str]:
     """Load a vidclip ``model.safetensors`` into ``model`` after checking every key and shape."""
     from safetensors import safe_open
 
@@ -203,7 +214,7 @@ def _apply_precision(model: VideoTextModel, precision: str) -> VideoTextModel:
     return model
 
 
-def create_model(name_or_config: Union[str, Path, DictConfig, ModelCfg], pretrained: Optional[Union[str, Path]] = None,
+def create_model(name_or_config: Union[str, Path, DictConfig, ModelCfg], pretrained: Union[str, Path] | None = None,
                  **overrides: Any) -> VideoTextModel:
     """Build a ``VideoTextModel``.
 

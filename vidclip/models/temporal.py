@@ -30,8 +30,8 @@ class SequenceTransformer(nn.Module):
     configs). Otherwise (a custom tower whose text width differs from ``embed_dim``, or fewer text blocks than
     ``num_layers``) the text blocks cannot take the projected frame features, so fresh residual-attention blocks of
     the embedding width (about ``embed_dim / 64`` heads) and randomly initialised frame positions are built instead,
-    and a log line says so. Padded frames are masked out as keys (additive -1e6, as the reference) so they never change valid
-    outputs.
+    and a log line says so. Padded frames are masked out as keys (additive -1e6, as the reference) so they never
+    change valid outputs.
     """
 
     def __init__(self, clip: nn.Module, num_layers: int = 4, init_from_text: bool = True, max_frames: int = 77):

@@ -6,7 +6,7 @@ fits the EOT feature equals open_clip's ``encode_text`` on the 77-token version 
 """
 from __future__ import annotations
 
-from typing import List, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -45,7 +45,7 @@ class TextEncoder(nn.Module):
         """Recompute the residual blocks in backward (training only) to save activation memory."""
         self.grad_checkpointing = enable
 
-    def tokenize(self, texts: Union[str, List[str], torch.Tensor]) -> torch.Tensor:
+    def tokenize(self, texts: Union[str, list[str], torch.Tensor]) -> torch.Tensor:
         """Token ids (B, L): tensors pass through (checked), strings are tokenised to ``context_length``."""
         if isinstance(texts, torch.Tensor):
             if texts.dim() != 2 or texts.shape[1] > self.positional_embedding.shape[0]:
@@ -61,7 +61,7 @@ class TextEncoder(nn.Module):
             return self.text_projection(x)
         return x @ self.text_projection
 
-    def forward(self, texts: Union[str, List[str], torch.Tensor]) -> TextEncoderOutput:
+    def forward(self, texts: Union[str, list[str], torch.Tensor]) -> TextEncoderOutput:
         """EOT feature (B, E), every token's feature (B, L, E) after ln_final @ text_projection, and the token mask."""
         tokens = self.tokenize(texts).to(self.token_embedding.weight.device)  # (B, L)
         length = tokens.shape[1]

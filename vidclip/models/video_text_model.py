@@ -9,7 +9,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import torch
 from omegaconf import OmegaConf
@@ -39,7 +40,7 @@ class VideoTextModel(nn.Module):
         pretrained: where the weights came from (recorded in :meth:`model_info`).
     """
 
-    def __init__(self, clip: nn.Module, cfg, pretrained: Optional[str] = None):
+    def __init__(self, clip: nn.Module, cfg, pretrained: str | None = None):
         super().__init__()
         self.cfg = cfg
         self.pretrained = pretrained
@@ -68,7 +69,7 @@ class VideoTextModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.logit_scale.dtype
 
-    def encode_video_outputs(self, frames: torch.Tensor, mask: Optional[torch.Tensor] = None) -> VideoEncoderOutput:
+    def encode_video_outputs(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> VideoEncoderOutput:
         """Encoder outputs before the head: raw frame features, temporal features, mask, patches."""
         if mask is None:
             mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
@@ -77,11 +78,11 @@ class VideoTextModel(nn.Module):
         return VideoEncoderOutput(frames=out.frames, temporal=self.temporal(out.frames, mask), mask=mask,
                                   patches=out.patches)
 
-    def encode_video(self, frames: torch.Tensor, mask: Optional[torch.Tensor] = None) -> Features:
+    def encode_video(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> Features:
         """Head video features of ``frames`` (B, T, 3, H, W), preprocessed; ``mask`` (B, T) bool, True = real."""
         return self.head.encode_video(self.encode_video_outputs(frames, mask))
 
-    def encode_text(self, texts: Union[List[str], torch.Tensor]) -> Features:
+    def encode_text(self, texts: Union[list[str], torch.Tensor]) -> Features:
         """Head text features of captions (list of strings) or token ids (B, L)."""
         return self.head.encode_text(self.text_encoder(texts))
 
@@ -94,7 +95,7 @@ class VideoTextModel(nn.Module):
         return self.logit_scale.float().clamp(max=math.log(self.cfg.logit_scale_max)).exp()
 
     # ------------------------------------------------------------------------------------------ training
-    def forward(self, batch: Dict[str, Any], gather: Optional[Gather] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any], gather: Gather | None = None) -> dict[str, torch.Tensor]:
         """Losses of a batch: contrastive over the (gathered) global batch, head auxiliary losses, captioning loss.
 
         Args:
@@ -122,11 +123,11 @@ class VideoTextModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ reports
     @property
-    def preprocess_cfg(self) -> Dict[str, Any]:
+    def preprocess_cfg(self) -> dict[str, Any]:
         """What the video transform must produce: square crops of ``image_size``, CLIP mean / std."""
         return {"image_size": self.image_size, "mean": tuple(CLIP_MEAN), "std": tuple(CLIP_STD)}
 
-    def model_info(self) -> Dict[str, Any]:
+    def model_info(self) -> dict[str, Any]:
         """Identity of the model for reports and extraction manifests."""
         return {"arch": self.cfg.arch, "clip": self.cfg.clip.model_name if self.cfg.clip.vision_cfg is None
                 else "inline", "head": self.cfg.head.name, "temporal": self.cfg.temporal.type,
@@ -139,7 +140,7 @@ def _first(size) -> int:
     return size[0] if isinstance(size, (tuple, list)) else size
 
 
-def _head_kwargs(cfg, embed_dim: int) -> Dict[str, Any]:
+def _head_kwargs(cfg, embed_dim: int) -> dict[str, Any]:
     """The YAML head kwargs, plus the model facts a head may ask for (embed_dim, max_words) when it accepts them."""
     kwargs = cfg.head.kwargs
     kwargs = dict(OmegaConf.to_container(kwargs, resolve=True)) if OmegaConf.is_config(kwargs) else dict(kwargs or {})
@@ -158,7 +159,7 @@ def _head_kwargs(cfg, embed_dim: int) -> Dict[str, Any]:
     return kwargs
 
 
-def _build_captioner(cfg, text_encoder: TextEncoder, embed_dim: int) -> Optional[nn.Module]:
+def _build_captioner(cfg, text_encoder: TextEncoder, embed_dim: int) -> nn.Module | None:
     """Prompt Switch's auxiliary captioner when ``cfg.prompt.caption_loss_weight > 0`` (else None)."""
     if not cfg.prompt.caption_loss_weight or cfg.prompt.caption_loss_weight <= 0:
         return None
