@@ -1,8 +1,8 @@
 """Fixtures of the robustness suite: a small synthetic dataset, a tiny checkpoint and a zoo of damaged videos."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict
 
 import pytest
 import torch
@@ -33,10 +33,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def broken_videos(tmp_path) -> Callable[[Path], Dict[str, Path]]:
+def broken_videos(tmp_path) -> Callable[[Path], dict[str, Path]]:
     """Factory: write every kind of unusable file into a folder; returns {kind: path}."""
 
-    def _make(folder: Path) -> Dict[str, Path]:
+    def _make(folder: Path) -> dict[str, Path]:
         folder.mkdir(parents=True, exist_ok=True)
         out = {"missing": folder / "missing.mp4", "empty": folder / "empty.mp4", "text": folder / "text.mp4",
                "audio_only": write_audio_only(folder / "audio_only.mp4")}
@@ -54,10 +54,10 @@ def broken_videos(tmp_path) -> Callable[[Path], Dict[str, Path]]:
 
 
 @pytest.fixture
-def odd_videos(tmp_path) -> Callable[[Path], Dict[str, tuple]]:
+def odd_videos(tmp_path) -> Callable[[Path], dict[str, tuple]]:
     """Factory: decodable but unusual videos; returns {kind: (path, frames)}."""
 
-    def _make(folder: Path) -> Dict[str, tuple]:
+    def _make(folder: Path) -> dict[str, tuple]:
         folder.mkdir(parents=True, exist_ok=True)
         out = {}
         for name, (t, h, w) in {"single_frame": (1, 48, 64), "tiny_8x8": (5, 8, 8), "odd_17x33": (5, 17, 33),
@@ -71,3 +71,12 @@ def odd_videos(tmp_path) -> Callable[[Path], Dict[str, tuple]]:
         return out
 
     return _make
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on 2 shared cores: one intra-op thread is several times faster than oversubscribed threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

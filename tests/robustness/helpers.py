@@ -15,7 +15,8 @@ TINY_CONFIG = REPO / "configs" / "synthetic_tiny_vifi.yaml"
 def synth_overrides(synth: Path, **extra: str) -> list:
     """key=value overrides pointing the tiny config at the synthetic data (no workers, 8 frames)."""
     values = {"data.videos_root": str(synth / "videos"), "data.train_list": str(synth / "synthetic_train.jsonl"),
-              "data.val_list": str(synth / "synthetic_val.jsonl"), "data.test_list": str(synth / "synthetic_test.jsonl"),
+              "data.val_list": str(synth / "synthetic_val.jsonl"),
+              "data.test_list": str(synth / "synthetic_test.jsonl"),
               "data.num_workers": "0", "data.num_frames": "8", "train.tensorboard": "false",
               "extract.dtype": "float32"}
     values.update(extra)

@@ -17,7 +17,8 @@ from vidclip.tokenizer import tokenize
 
 from .helpers import TINY_CONFIG, synth_overrides
 
-ODD_CAPTIONS = ["", "   \t ", "word " * 400, "un café naïve 日本語の動画 😀🎬👍🏽", "zero\u200bwidth\u00a0nbsp", "a\nb\r\nc"]
+ODD_CAPTIONS = ["", "   \t ", "word " * 400, "un café naïve 日本語の動画 😀🎬👍🏽", "zero\u200bwidth\u00a0nbsp",
+                "a\nb\r\nc"]
 
 
 def test_odd_captions_tokenize_like_open_clip_and_keep_eot():
@@ -67,7 +68,8 @@ def test_malformed_jsonl_in_a_config_names_file_and_line(synth, tmp_path):
 @pytest.mark.parametrize("overrides, needles", [
     (["train.lrr=1"], ["train.lrr", "Valid keys here", "lr,"]),
     (["train.batch_size=1.5"], ["train.batch_size", "Integer"]),
-    (["model.head.kwargs.normalise_frames=true"], ["model.head.kwargs", "normalise_frames", "Valid keys: normalize_frames"]),
+    (["model.head.kwargs.normalise_frames=true"],
+     ["model.head.kwargs", "normalise_frames", "Valid keys: normalize_frames"]),
     (["model.arch=tiny-prompt-switch", "data.num_frames=10"], ["data.num_frames=10", "multiple of", "e.g. 8"]),
     (["model.arch=tiny-prompt-switch", "data.test_num_frames=6"], ["data.test_num_frames=6", "multiple of"]),
     (["model.arch=tiny-prompt-switch", "model.prompt.num_prompts=0"], ["model.prompt.num_prompts=0", "at least 1"]),

@@ -16,7 +16,6 @@ import pytest
 import torch
 from conftest import numbered_frames, write_video
 
-from .helpers import TINY_CONFIG, synth_overrides, write_faststart
 from vidclip.config import load_config
 from vidclip.data.collate import make_collate
 from vidclip.data.dataset import VideoTextDataset
@@ -25,6 +24,8 @@ from vidclip.data.readers import open_video
 from vidclip.data.samplers import create_sampler
 from vidclip.data.transforms import create_video_transform
 from vidclip.errors import VideoDecodeError
+
+from .helpers import TINY_CONFIG, synth_overrides, write_faststart
 
 
 def plain_decode(path) -> np.ndarray:
@@ -257,7 +258,7 @@ def test_extraction_skips_and_counts_broken_videos(synth, tmp_path, broken_video
     summary = run_extraction(cfg, model, str(folder), tmp_path / "emb", resume=False)
     entries = {e["video_id"]: e for e in read_manifest(tmp_path / "emb")}
     assert summary["failed"] == len(bad) and summary["manifest_lines"] == len(bad) + len(odd)
-    for kind, path in bad.items():
+    for path in bad.values():
         assert entries[path.stem]["status"] == "failed" and path.name in entries[path.stem]["error"]
     for kind in odd:
         assert entries[kind]["status"] == "ok", entries[kind]

@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +71,18 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_path(path.parent)
+
+
+def ensure_writable_dir(directory: Path, key: str) -> None:
+    """Create ``directory`` and probe a write, so an unwritable output fails before any work (ConfigError)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test.{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{key}={directory}: cannot write there ({exc.strerror or exc}). Choose a writable "
+                          f"{key}") from exc
 
 
 # --------------------------------------------------------------------------------------------------- model weights

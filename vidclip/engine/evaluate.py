@@ -28,6 +28,7 @@ from ..data.lists import read_list
 from ..heads.base import Features
 from ..metrics import format_metrics_table, retrieval_metrics
 from ..ops.similarity import chunked_similarity
+from .checkpoint import ensure_writable_dir
 from .encode import EncodedVideos, encode_texts, encode_video_loader, scatter_similarity
 
 _logger = logging.getLogger(__name__)
@@ -172,13 +173,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(args.output or cfg.eval.output or Path(cfg.train.output_dir) / "metrics.json")
+    ensure_writable_dir(out.parent, "eval.output (or --output) folder")
     pretrained = args.checkpoint or cfg.model.pretrained
     model = create_model(cfg.model, pretrained=pretrained).to(device)
     report = evaluate(cfg, model, device, embeddings=args.embeddings)
     report["checkpoint"] = args.checkpoint
     report["embeddings"] = args.embeddings
     report["config"] = to_container(cfg)
-    out = Path(args.output or cfg.eval.output or Path(cfg.train.output_dir) / "metrics.json")
     write_json_atomic(report, out)
     title = f"{cfg.data.dataset} {report['split']} | head {report['head']} | post-processing {report['postprocess']}"
     print(title)

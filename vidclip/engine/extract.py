@@ -237,7 +237,12 @@ def run_extraction(cfg: DictConfig, model, videos: str, out: Path, resume: bool,
     for index in mine:
         lo, hi = ranges[index]
         feats, lines = _extract_shard(cfg, model, records[lo:hi], root, lo, index, device)
-        _write_shard(out, index, feats, lines)
+        try:
+            _write_shard(out, index, feats, lines)
+        except OSError as exc:
+            raise VidclipError(f"{out}: could not write {SHARD_DIR}/{shard_name(index)} ({exc.strerror or exc}). "
+                               f"Earlier shards are complete: free space or fix permissions, then rerun with --resume"
+                               ) from exc
         done_videos += hi - lo
         bar.update(hi - lo)
         bar.set_postfix(videos_per_s=f"{done_videos / max(time.time() - start_time, 1e-9):.2f}")

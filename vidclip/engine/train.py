@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from ..config import load_config, save_config, to_container
 from ..distributed import make_feature_gather
 from ..errors import CheckpointError, ConfigError, NonFiniteError
-from .checkpoint import CheckpointManager, find_latest
+from .checkpoint import CheckpointManager, ensure_writable_dir, find_latest
 from .optim import clamp_logit_scale, create_optimizer, create_scheduler, current_lrs, freeze_backbone_layers
 
 _logger = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class Trainer:
 
         self.cfg = cfg
         self.run_dir = Path(cfg.train.output_dir)
+        ensure_writable_dir(self.run_dir, "train.output_dir")
         self.acc = acc = create_accelerator(cfg)
         set_seed(cfg.train.seed)
         self.val_list = validation_list(cfg)
