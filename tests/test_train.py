@@ -161,10 +161,10 @@ def test_batches_of_failed_videos_are_skipped_and_counted(synthetic, tmp_path):
     from vidclip.engine.train import Trainer
 
     records = [json.loads(line) for line in (synthetic / "synthetic_train.jsonl").read_text().splitlines()]
-    broken = tmp_path / "broken.mp4"
+    broken = synthetic / "videos" / "broken_for_training_test.mp4"  # inside the videos root, as a real list would be
     broken.write_bytes(b"not a video at all")
     for record in records[:8]:  # 8 of the videos cannot be decoded
-        record["path"] = str(broken)
+        record["path"] = broken.name
     lst = tmp_path / "train.jsonl"
     lst.write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = load_config(TINY, _overrides(synthetic, tmp_path / "run", f"data.train_list={lst}", "data.val_list=null",

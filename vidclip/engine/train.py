@@ -287,7 +287,7 @@ class Trainer:
         report: dict[str, Any] = {}
         last_val_step = last_save_step = -1
         self.model.train()
-        while state.step < self.total_steps:
+        while self._more_to_do():
             epoch_done = self._run_epoch()
             if epoch_done and cfg.train.val_every == 0 and state.step < self.total_steps:
                 report, last_val_step = self.validate() or report, state.step
@@ -303,6 +303,13 @@ class Trainer:
         _logger.info("done: %d steps, %d failed videos skipped, %d batches skipped", state.step,
                      state.failed_videos, state.skipped_batches)
         return report
+
+    def _more_to_do(self) -> bool:
+        """Until ``total_steps``; without ``train.max_steps`` also never past ``train.epochs`` epochs (batches of
+        undecodable videos are skipped, so an epoch can hold fewer optimiser steps than batches)."""
+        if self.state.step >= self.total_steps:
+            return False
+        return self.cfg.train.max_steps is not None or self.state.epoch < self.cfg.train.epochs
 
     def _epoch_loader(self):
         from accelerate import skip_first_batches
