@@ -290,7 +290,7 @@ def _record(split: str, spec: ClipSpec) -> VideoRecord:
 
 
 # ------------------------------------------------------------------------------------------------ dataset
-def make_synthetic_dataset(out: Union[str, Path], num_train: int = 240, num_val: int = 48, num_test: int = 64,
+def make_synthetic_dataset(out: Union[str, Path], num_train: int = 1200, num_val: int = 48, num_test: int = 64,
                            seed: int = 0, size: int = 64, frames: int = 16, fps: int = 8,
                            captions_per_video: int = 4, codec: str = "libx264rgb",
                            show_progress: bool | None = None, train_layout: str = "twins+still") -> dict[str, Path]:
@@ -404,7 +404,7 @@ def _twin_indices(records: Sequence[VideoRecord]) -> dict[int, int]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make_synthetic", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (videos/ and synthetic_*.jsonl)")
-    parser.add_argument("--num-videos", type=int, default=240, help="training videos (default 240)")
+    parser.add_argument("--num-videos", type=int, default=1200, help="training videos (default 1200)")
     parser.add_argument("--num-val-videos", type=int, default=48, help="validation videos, twin pairs (default 48)")
     parser.add_argument("--num-test-videos", type=int, default=64, help="test videos, twin pairs (default 64)")
     parser.add_argument("--seed", type=int, default=0)
