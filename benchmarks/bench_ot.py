@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     table = markdown_table(
         ["problems", "plan", "batched", "µs/problem batched", "loop (subset size)", "µs/problem loop",
          "loop over all (extrapolated)", "speed-up",
-         "µs/problem loop, method='sinkhorn' (speed-up)", "max |plan diff| vs loop", "vs naive log-Sinkhorn"],
+         "µs/problem loop, method='sinkhorn' (speed-up)", "max abs plan diff vs loop", "vs naive log-Sinkhorn"],
         [[r["groups"], r["shape"], fmt_ms(r["batched"]), f"{r['us_per_problem_batched']:.2f}",
           f"{fmt_ms(r['loop'])} ({r['loop_subset']})", f"{r['us_per_problem_loop']:.0f}",
           f"{r['loop_extrapolated_s']:.1f} s",
