@@ -46,11 +46,14 @@ def build_models() -> dict[str, object]:
     return models
 
 
-def bare_mean_pooling(clip, frames: torch.Tensor) -> torch.Tensor:
-    """open_clip alone: encode every frame, normalise, average over time, normalise (CLIP4Clip meanP)."""
+def bare_mean_pooling(clip, frames: torch.Tensor, normalize_frames: bool = False) -> torch.Tensor:
+    """open_clip alone: encode every frame, (optionally normalise,) average over time, normalise (ViFi-CLIP /
+    CLIP4Clip meanP); ``normalize_frames`` follows the vifi-B-32 head config."""
     batch, num_frames = frames.shape[:2]
     embeds = clip.encode_image(frames.flatten(0, 1)).reshape(batch, num_frames, -1)  # (B, T, E)
-    return F.normalize(F.normalize(embeds, dim=-1).mean(1), dim=-1)  # (B, E)
+    if normalize_frames:
+        embeds = F.normalize(embeds, dim=-1)
+    return F.normalize(embeds.mean(1), dim=-1)  # (B, E)
 
 
 def check_equivalence(models, frames: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
@@ -59,16 +62,20 @@ def check_equivalence(models, frames: torch.Tensor, mask: torch.Tensor) -> dict[
         bare_frames = models["open_clip"].encode_image(frames.flatten(0, 1)).reshape(*frames.shape[:2], -1)
         ours = models["vifi-B-32"].frame_encoder(frames, mask).frames  # (B, T, E)
         pooled = models["vifi-B-32"].encode_video(frames, mask)["pooled"]
-        bare_pooled = bare_mean_pooling(models["open_clip"], frames)
+        bare_pooled = bare_mean_pooling(models["open_clip"], frames, _normalizes_frames(models))
     return {"frame_encoder_max_abs_diff": float((ours - bare_frames).abs().max()),
             "frame_scale": float(bare_frames.abs().max()),
             "mean_pooled_max_abs_diff": float((pooled - bare_pooled).abs().max())}
 
 
+def _normalizes_frames(models) -> bool:
+    return bool(getattr(models["vifi-B-32"].head, "normalize_frames", False))
+
+
 def candidates(models, frames: torch.Tensor, mask: torch.Tensor) -> dict[str, Callable[[], object]]:
-    clip = models["open_clip"]
+    clip, normalize_frames = models["open_clip"], _normalizes_frames(models)
     return {
-        "open_clip encode_image + mean pooling": lambda: bare_mean_pooling(clip, frames),
+        "open_clip encode_image + mean pooling": lambda: bare_mean_pooling(clip, frames, normalize_frames),
         "vidclip FrameEncoder (frames only)": lambda: models["vifi-B-32"].frame_encoder(frames, mask),
         "vidclip vifi-B-32 encode_video (mean pooling)": lambda: models["vifi-B-32"].encode_video(frames, mask),
         "vidclip prompt-switch-B-32 encode_video (prompt cube)": lambda: models["prompt-switch-B-32"].encode_video(
