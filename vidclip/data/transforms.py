@@ -134,8 +134,11 @@ class VideoTransform:
 
     def normalize(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 ``(T, S, S, 3)`` -> float32 ``(T, 3, S, S)`` in CLIP's normalised space."""
-        clip = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, S, S)
-        return (clip - self.mean) / self.std
+        t, h, w, _ = frames.shape
+        out = torch.empty((t, 3, h, w), dtype=torch.float32)  # (T, 3, S, S)
+        out.copy_(torch.from_numpy(frames).permute(0, 3, 1, 2))  # one uint8 -> float conversion, no temporaries
+        # (x / 255 - mean) / std as one in-place multiply-add
+        return out.mul_(1.0 / (255.0 * self.std)).sub_(self.mean / self.std)
 
     def __repr__(self) -> str:
         return f"VideoTransform(image_size={self.image_size}, train={self.train}, augment={self.augment!r})"
