@@ -98,3 +98,15 @@ def test_training_loader_on_synthetic_twins_puts_each_twin_in_its_clip_batch(tmp
         f"data.videos_root={tmp_path / 'videos'}", f"data.train_list={lists['train']}", "data.group_by_meta=null"])
     assert not isinstance(build_train_sampler(plain, build_dataset(plain, "train", train=True)),
                           GroupedEpochShuffleSampler)
+
+
+def test_grouped_order_depends_on_the_global_batch_only(tmp_path):
+    """2 processes x batch 2 see the same global batches as 1 process x batch 4 (accelerate deals out slices)."""
+    groups = [[0, 1], [2], [3, 4], [5, 6], [7], [8, 9], [10, 11]]
+    cfg_two = vidclip.load_config(REPO / "configs" / "synthetic_tiny_vifi.yaml", ["train.batch_size=2"])
+    cfg_one = vidclip.load_config(REPO / "configs" / "synthetic_tiny_vifi.yaml", ["train.batch_size=4"])
+    metas = [{"pair_id": f"g{k}"} for k, g in enumerate(groups) for _ in g]
+    dataset = _Records(metas)
+    two, one = build_train_sampler(cfg_two, dataset, num_processes=2), build_train_sampler(cfg_one, dataset)
+    assert list(two) == list(one)
+    assert list(build_train_sampler(cfg_two, dataset)) != list(one)  # packing by 2 differs

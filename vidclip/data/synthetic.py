@@ -22,10 +22,11 @@ reversed twin is in the same batch; ``data.group_by_meta=pair_id`` (see ``config
 there, which makes the twin the hardest negative of every direction caption.
 
 Splits: every colour, shape and axis (motion, for ``single`` training) is drawn from a refilled shuffled bag, so each
-appears in training as soon as the split has as many draws as that attribute has values. Colour-shape-motion triples are shared between splits
-(the vocabulary is small), but trajectories are not: a video whose (colour, shape, axis, trajectory quantised to
-``size/16`` px) is already used by an earlier split is redrawn. Test is drawn first, then val, then train, each from
-its own random stream, so the test split does not change with the number of training videos.
+appears in training as soon as the split has as many draws as that attribute has values. Colour-shape-motion triples
+are shared between splits (the vocabulary is small), but trajectories are not: a video whose (colour, shape, axis,
+trajectory quantised to ``size/16`` px) is already used by an earlier split is redrawn. Test is drawn first, then
+val, then train, each from its own random stream, so the test split does not change with the number of training
+videos.
 
 CLI: ``python tools/make_synthetic.py --out DIR [--num-videos N] [--seed S] [--frames F] [--size PX] [--fps FPS]
 [--train-layout twins+still|twins|single]`` (also ``vidclip make-synthetic``).

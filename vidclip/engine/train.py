@@ -89,8 +89,9 @@ class GroupedEpochShuffleSampler(Sampler[int]):
     Per (seed, epoch): groups are shuffled, the items of each group shuffled, and groups packed first-fit into
     batches of ``batch_size`` consecutive positions (a group larger than a batch is cut into batch-sized pieces).
     Full batches come in the order they fill up; the partly filled ones follow at the end, where ``drop_last`` drops
-    the incomplete last batch. Every item appears exactly once per epoch. Under several processes accelerate hands
-    out whole batches, so groups stay together.
+    the incomplete last batch. Every item appears exactly once per epoch. Under several processes pass the global
+    batch (see :func:`build_train_sampler`): a group may then straddle two processes' slices, which the gathered
+    contrastive loss sees as one batch.
     """
 
     def __init__(self, groups: Sequence[Sequence[int]], batch_size: int, seed: int):
@@ -177,18 +178,23 @@ def validation_list(cfg: DictConfig) -> str | None:
     return val or None
 
 
-def build_train_sampler(cfg: DictConfig, dataset) -> Sampler[int]:
-    """Epoch shuffle; with ``data.group_by_meta`` one that keeps each group (e.g. reversed twins) in one batch."""
+def build_train_sampler(cfg: DictConfig, dataset, num_processes: int = 1) -> Sampler[int]:
+    """Epoch shuffle; with ``data.group_by_meta`` one that keeps each group (e.g. reversed twins) in one batch.
+
+    Groups are packed into *global* batches (``train.batch_size x num_processes`` consecutive items, which
+    accelerate deals out one ``batch_size`` slice per process and the loss gathers again), so the order, and the
+    training, is the same for any number of processes at the same global batch.
+    """
     from ..data.builders import batch_groups
 
     if cfg.data.group_by_meta:
         groups = batch_groups(dataset, cfg.data.group_by_meta)
-        return GroupedEpochShuffleSampler(groups, cfg.train.batch_size, cfg.train.seed)
+        return GroupedEpochShuffleSampler(groups, cfg.train.batch_size * num_processes, cfg.train.seed)
     return EpochShuffleSampler(len(dataset), cfg.train.seed)
 
 
-def build_train_loader(cfg: DictConfig, dataset) -> DataLoader:
-    """Shuffled, ``drop_last`` loader whose order depends only on seed + epoch."""
+def build_train_loader(cfg: DictConfig, dataset, num_processes: int = 1) -> DataLoader:
+    """Shuffled, ``drop_last`` loader whose order depends only on seed + epoch (and the global batch when grouped)."""
     from ..data.collate import make_collate
 
     workers = cfg.data.num_workers
@@ -196,7 +202,7 @@ def build_train_loader(cfg: DictConfig, dataset) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
-        sampler=build_train_sampler(cfg, dataset),
+        sampler=build_train_sampler(cfg, dataset, num_processes),
         drop_last=True,
         num_workers=workers,
         collate_fn=make_collate(cfg.model.context_length),
@@ -244,7 +250,7 @@ class Trainer:
         set_seed(cfg.train.seed)
         self.val_list = validation_list(cfg)
         self.dataset = build_dataset(cfg, "train", train=True)
-        loader = build_train_loader(cfg, self.dataset)
+        loader = build_train_loader(cfg, self.dataset, acc.num_processes)
         self.loader_generator = loader.generator  # accelerate's loader keeps the same object
         model = create_model(cfg.model, pretrained=cfg.model.pretrained)
         model.set_loss_config(cfg.train.loss)
