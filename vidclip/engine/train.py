@@ -392,7 +392,7 @@ class Trainer:
         values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
         if bool(torch.isfinite(values).all()):
             return
-        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
+        bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
         name, value = next(iter(bad.items()))
         raise NonFiniteError(f"optimiser step {self.state.step + 1}: loss term '{name}' is {value} "
                              f"(non-finite terms: {bad}). Lower train.lr / train.clip_lr, check the data, or use "
