@@ -75,15 +75,17 @@ class EpochShuffleSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+        return iter(torch.randperm(self.num_items, generator=self._generator()).tolist())
 
     def __len__(self) -> int:
         return self.num_items
 
 
-class GroupedEpochShuffleSampler(Sampler[int]):
+class GroupedEpochShuffleSampler(EpochShuffleSampler):
     """A shuffle where the items of one group fall into the same batch of ``batch_size`` (``data.group_by_meta``).
 
     Per (seed, epoch): groups are shuffled, the items of each group shuffled, and groups packed first-fit into
@@ -99,15 +101,10 @@ class GroupedEpochShuffleSampler(Sampler[int]):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.groups = [list(g) for g in groups if len(g)]
         self.batch_size = int(batch_size)
-        self.num_items = sum(len(g) for g in self.groups)
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        super().__init__(sum(len(g) for g in self.groups), seed)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        generator = self._generator()
         order: list[int] = []
         open_batches: list[list[int]] = []
         for g in torch.randperm(len(self.groups), generator=generator).tolist():
@@ -125,9 +122,6 @@ class GroupedEpochShuffleSampler(Sampler[int]):
         for batch in open_batches:
             order.extend(batch)
         return iter(order)
-
-    def __len__(self) -> int:
-        return self.num_items
 
 
 # ------------------------------------------------------------------------------------------------------ set-up
