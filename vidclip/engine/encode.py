@@ -30,17 +30,9 @@ def _concat(chunks: List[Features]) -> Features:
     return {key: torch.cat([c[key] for c in chunks], dim=0) for key in chunks[0]}
 
 
-def _index_of_failed(batch: dict, dataset) -> Dict[int, str]:
-    """Map the failed paths of a batch back to dataset indices (the collate reports paths only)."""
-    out = {}
-    for item in batch.get("failed_items", []) or []:
-        out[int(item["index"])] = str(item["failed"])
-    if not out and batch.get("failed"):
-        lookup = getattr(dataset, "index_of_path", None)
-        for path in batch["failed"]:
-            idx = lookup(path) if lookup else -1
-            out[int(idx)] = str(path)
-    return out
+def _index_of_failed(batch: dict) -> Dict[int, str]:
+    """Dataset index -> path of the videos of a batch that failed (the collate reports both)."""
+    return {int(item["index"]): str(item["failed"]) for item in batch.get("failed_items", [])}
 
 
 @torch.no_grad()
@@ -57,7 +49,7 @@ def encode_video_loader(model, loader: Iterable, device: torch.device, desc: str
     frames_used: List[int] = []
     failed: Dict[int, str] = {}
     for batch in tqdm(loader, desc=desc, disable=not show_progress, unit="batch"):
-        failed.update(_index_of_failed(batch, getattr(loader, "dataset", None)))
+        failed.update(_index_of_failed(batch))
         if batch["video"].shape[0] == 0:
             continue
         video = batch["video"].to(device, non_blocking=True)
