@@ -61,7 +61,7 @@ def _index_params(index) -> str:
 
 def _cached_candidates(model, top: int) -> dict[str, torch.Tensor]:
     """Head video features of ``top`` random videos shaped as ViT-B/32 outputs (12 frames, 49 patches)."""
-    from vidclip.heads.base import VideoEncoderOutput
+    from vidclip.features import VideoEncoderOutput
 
     g = torch.Generator().manual_seed(0)
     frames = torch.randn(top, 12, model.embed_dim, generator=g)  # (K, T, D)

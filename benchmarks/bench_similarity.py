@@ -42,7 +42,7 @@ def _reset_peak() -> float:
 
 
 def _encoder_outputs(model, n_videos: int, n_texts: int, frames: int = 12, words: int = 32):
-    from vidclip.heads.base import TextEncoderOutput, VideoEncoderOutput
+    from vidclip.features import TextEncoderOutput, VideoEncoderOutput
 
     g = torch.Generator().manual_seed(0)
     d = model.embed_dim
@@ -62,7 +62,7 @@ def _feature_mb(feats: dict[str, torch.Tensor]) -> float:
 
 
 def _measure(head, tfeats, vfeats, n: int, chunk: int) -> dict[str, object]:
-    from vidclip.heads.base import slice_features
+    from vidclip.features import slice_features
     from vidclip.ops.similarity import chunked_similarity
 
     t_sub, v_sub = slice_features(tfeats, 0, n), slice_features(vfeats, 0, n)

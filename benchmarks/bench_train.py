@@ -2,7 +2,7 @@
 AdamW step) of the tiny model on CPU, with and without gradient checkpointing, fp32 and bf16 autocast; ViT-B/32 on
 the GPU only when CUDA exists.
 
-The model is vidclip's ``VideoTextModel`` (``model(batch)`` returns the losses, as in ``vidclip.engine.train``) with
+The model is vidclip's ``VideoTextModel`` (losses from ``vidclip.objective``, as in ``vidclip.engine.train``) with
 the engine's optimiser (``create_optimizer``) on random preprocessed frames and real tokenised captions. Variants are
 timed round-robin in one process (copies of the same initial weights); ratios are medians of per-round ratios."""
 from __future__ import annotations
@@ -43,16 +43,18 @@ def make_step(model, batch, checkpointing: bool, bf16: bool, device: str = "cpu"
 
     from vidclip.config import TrainCfg
     from vidclip.engine.optim import create_optimizer
+    from vidclip.objective import build_objective
 
     model.frame_encoder.set_grad_checkpointing(checkpointing)
     model.text_encoder.set_grad_checkpointing(checkpointing)
     model.train()
     optimizer = create_optimizer(model, OmegaConf.structured(TrainCfg))
+    objective = build_objective(model)
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(batch)["loss"]
+            loss = objective(model, batch)["loss"]
         loss.backward()
         optimizer.step()
         if device == "cuda":

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import vidclip
-from vidclip.data.builders import batch_groups, build_dataset
+from vidclip.data.builders import build_dataset
 from vidclip.data.lists import VideoRecord
-from vidclip.engine.train import GroupedEpochShuffleSampler, build_train_loader, build_train_sampler
+from vidclip.data.loaders import GroupedEpochShuffleSampler, batch_groups, build_train_loader, build_train_sampler
 from vidclip.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_training_loader_on_synthetic_twins_puts_each_twin_in_its_clip_batch(tmp
     lists = make_synthetic_dataset(tmp_path, num_train=14, num_val=0, num_test=0, size=16, frames=4, seed=2)
     cfg = vidclip.load_config(REPO / "configs" / "synthetic_tiny_vifi.yaml", [
         f"data.videos_root={tmp_path / 'videos'}", f"data.train_list={lists['train']}", "train.batch_size=4",
-        "data.num_frames=4", "data.image_size=16"])
+        "data.num_frames=4"])
     assert cfg.data.group_by_meta == "pair_id"  # the shipped synthetic data config turns it on
     dataset = build_dataset(cfg, "train", train=True)
     assert isinstance(build_train_sampler(cfg, dataset), GroupedEpochShuffleSampler)

@@ -30,7 +30,8 @@ def test_merge_order_defaults_arch_yaml_overrides(tmp_path):
     (["eval.mode=loose"], "Valid choices: clip4clip, strict"),
     (["data.train_sampler=random"], "data.train_sampler"),
     (["model.arch=vit-huge"], "Available:"),
-    (["model.head.name=nope"], "unknown head 'nope'"),
+    (["model.head.name=nope"], "invalid value 'nope' for config key 'model.head.name'. Valid choices: glscl"),
+    (["data.test_sampler=segment_random"], "Valid choices: clip4clip, prompt_switch, segment_center, uniform"),
     (["train.epochs"], "key=value"),
 ])
 def test_bad_values_are_config_errors(override, needle):
@@ -77,3 +78,20 @@ def test_every_shipped_config_loads():
             continue  # fragments included by the recipes
         cfg = load_config(path)
         assert cfg.model.arch is None or cfg.model.arch in vidclip.list_models(), path
+
+
+def test_image_size_follows_the_architecture_unless_set():
+    assert load_config(None, ["model.arch=tiny-vifi"]).data.image_size == 32  # derived from vision_cfg
+    assert load_config(None, []).data.image_size == 224  # ViT-B-32 from open_clip's own config
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.arch=tiny-vifi", "data.image_size=224"])
+    assert "data.image_size=224" in str(info.value) and "model.arch=tiny-vifi" in str(info.value)
+
+
+def test_ucofia_isa_frames_follow_the_data_frame_counts():
+    cfg = load_config(None, ["model.arch=tiny-ucofia", "data.num_frames=8", "data.test_num_frames=64"])
+    assert cfg.model.head.kwargs.max_frames == 64  # the ISA matrices hold every evaluated frame
+    assert "max_frames" not in load_config(None, ["model.arch=tiny-ucofia"]).model.head.kwargs  # 12 <= default
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.arch=tiny-ucofia", "data.num_frames=16", "model.head.kwargs.max_frames=12"])
+    assert "data.num_frames=16" in str(info.value) and "model.head.kwargs.max_frames=12" in str(info.value)

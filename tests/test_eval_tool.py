@@ -11,7 +11,7 @@ import torch
 import vidclip
 from vidclip.data.lists import read_list, write_list
 from vidclip.data.synthetic import make_synthetic_dataset
-from vidclip.engine.checkpoint import save_model_weights
+from vidclip.models.weights import save_model_weights
 from vidclip.metrics import retrieval_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ def _cfg(synth, arch="tiny-vifi", extra=()):
 
 
 def _checkpoint(tmp_path, arch="tiny-vifi"):
-    from vidclip.engine.checkpoint import save_model_weights
+    from vidclip.models.weights import save_model_weights
 
     torch.manual_seed(0)
     model = vidclip.create_model(arch)
@@ -66,7 +66,8 @@ def test_manifest_shards_and_failures(synth, tmp_path):
 
 
 def test_extracted_embeddings_equal_evaluation_features(synth, tmp_path):
-    from vidclip.data.builders import build_dataset, build_eval_loader
+    from vidclip.data.builders import build_dataset
+    from vidclip.data.loaders import build_eval_loader
     from vidclip.engine.encode import encode_video_loader
 
     cfg = _cfg(synth)

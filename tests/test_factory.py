@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 import vidclip
 from vidclip.config import load_config, model_config_from_arch
-from vidclip.engine.checkpoint import save_model_weights
+from vidclip.models.weights import save_model_weights
 from vidclip.errors import CheckpointError
 from vidclip.models.factory import build_clip
 from vidclip.models.video_text_model import VideoTextModel

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from vidclip.errors import ConfigError
 from vidclip.heads import create_head
-from vidclip.heads.base import TextEncoderOutput, VideoEncoderOutput
+from vidclip.features import TextEncoderOutput, VideoEncoderOutput
 from vidclip.ops.similarity import chunked_similarity
 
 D = 32

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from vidclip.errors import ConfigError
 from vidclip.heads import create_head
-from vidclip.heads.base import TextEncoderOutput, VideoEncoderOutput
+from vidclip.features import TextEncoderOutput, VideoEncoderOutput
 from vidclip.heads.norton import paragraph_similarity
 from vidclip.ops.ot import add_bucket, bucket_marginals
 from vidclip.ops.similarity import chunked_similarity

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from vidclip.errors import ConfigError
 from vidclip.heads import create_head
-from vidclip.heads.base import TextEncoderOutput, VideoEncoderOutput
+from vidclip.features import TextEncoderOutput, VideoEncoderOutput
 from vidclip.heads.ucofia import PerturbedTopK, hard_topk, isa
 from vidclip.ops.similarity import chunked_similarity, chunked_similarity_levels
 

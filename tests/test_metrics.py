@@ -4,14 +4,13 @@ hand-worked examples and a naive per-query loop."""
 import csv
 import json
 import math
-import time
 from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from vidclip.metrics import format_metrics_table, retrieval_metrics
+from vidclip.metrics import format_metrics_table, motion_direction_accuracy, retrieval_metrics
 
 KEYS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "n")
 
@@ -213,14 +212,12 @@ def test_clip4clip_multi_caption_real_msvd_layout(shared_data):
     rng = np.random.default_rng(4)
     sim = np.round(rng.standard_normal((27763, 670)), 1).astype(np.float32)  # exact ties everywhere
     sim[np.arange(27763), text_to_video] += 1.0
-    start = time.perf_counter()
-    res = retrieval_metrics(sim, text_to_video)
-    elapsed = time.perf_counter() - start
+    res = retrieval_metrics(sim, text_to_video)  # its time is measured in benchmarks/bench_metrics.py
     s3 = ref_s3(sim.astype(np.float64), text_to_video)
     assert s3.shape == (670, 81, 670)
     assert_same(res["t2v"], ref_tensor_t2v(s3))
     assert_same(res["v2t"], ref_compute_metrics(ref_v2t_sim(s3)))
-    assert res["t2v"]["n"] == 27763 and elapsed < 20.0
+    assert res["t2v"]["n"] == 27763
 
 
 # ------------------------------------------------------------------------------------------ strict
@@ -324,10 +321,29 @@ def test_format_metrics_table_one_decimal():
     assert lines[2].split()[0] == "v2t" and lines[2].split()[1] == "66.7"
 
 
-def test_vectorised_speed_1k():
-    rng = np.random.default_rng(8)
-    sim = rng.standard_normal((1000, 1000)).astype(np.float32)
-    start = time.perf_counter()
-    for mode in ("clip4clip", "strict"):
-        retrieval_metrics(sim, mode=mode)
-    assert time.perf_counter() - start < 2.0  # well under a second each on an idle 2-core machine
+
+# ------------------------------------------------------------------------------------------ motion direction
+def naive_motion_accuracy(sim, twins, text_to_video):
+    scores = []
+    for row, video in enumerate(text_to_video):
+        if twins[video] < 0:
+            continue
+        own, other = sim[row][video], sim[row][twins[video]]
+        scores.append(0.5 if abs(own - other) <= 1e-6 * max(1.0, abs(own)) else float(own > other))
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def test_motion_direction_accuracy_on_plain_arrays():
+    twins = np.array([1, 0, 3, 2, -1])  # videos 0/1 and 2/3 are reversed twins, 4 has none
+    sim = np.array([[0.9, 0.2, 0, 0, 5.0], [0.7, 0.3, 0, 0, 0], [0, 0, 0.4, 0.4, 0], [0, 0, 0.1, 0.6, 0],
+                    [0, 0, 0, 0, 0]])
+    assert motion_direction_accuracy(sim, twins) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert motion_direction_accuracy(torch.tensor(sim), torch.tensor(twins)) == pytest.approx(2.5 / 4)
+    rng = np.random.default_rng(3)
+    text_to_video = rng.integers(0, 5, size=40)
+    big = np.round(rng.standard_normal((40, 5)), 1)  # ties happen
+    assert motion_direction_accuracy(big, twins, text_to_video) == pytest.approx(
+        naive_motion_accuracy(big, twins, text_to_video))
+    with pytest.raises(ValueError, match="expected"):
+        motion_direction_accuracy(sim[:4], twins)
+    assert np.isnan(motion_direction_accuracy(np.zeros((1, 1)), np.array([-1])))

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import vidclip
-from vidclip.heads.base import VideoEncoderOutput, slice_features
-from vidclip.losses import symmetric_infonce
+from vidclip.features import VideoEncoderOutput, slice_features
+from vidclip.losses import caption_loss, symmetric_infonce
+from vidclip.objective import build_objective
 from vidclip.ops.similarity import chunked_similarity
 from vidclip.registry import HEADS
 from vidclip.tokenizer import tokenize
@@ -43,7 +44,7 @@ def test_vifi_head_against_naive_pooling(normalize_frames):
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
     video = head.encode_video(VideoEncoderOutput(frames=frames * 0, temporal=frames, mask=mask))
     text = torch.randn(2, 8, generator=g)
-    from vidclip.heads.base import TextEncoderOutput
+    from vidclip.features import TextEncoderOutput
 
     text_feats = head.encode_text(TextEncoderOutput(pooled=text, tokens=torch.zeros(2, 3, 8), mask=None))
     sim = head.similarity(text_feats, video)
@@ -75,7 +76,7 @@ def test_loss_decreases_with_adam():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
     for _ in range(6):
-        out = model(batch)
+        out = build_objective(model)(model, batch)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -91,7 +92,7 @@ def test_gradients_reach_every_trainable_parameter(arch):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(2):  # zero-initialised gates / output projections open after the first step
         opt.zero_grad()
-        out = model(batch)
+        out = build_objective(model)(model, batch)
         assert torch.isfinite(out["loss"])
         out["loss"].backward()
         opt.step()
@@ -140,7 +141,7 @@ def test_logit_scale_initialisation_and_clamp():
     batch = _batch(model)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)  # exp(10) > 100: clamped to 100
-        out = model(batch)
+        out = build_objective(model)(model, batch)
         sim = model.similarity(model.encode_text(batch["text_tokens"]),
                                model.encode_video(batch["video"], batch["video_mask"]))
     assert float(out["contrastive"]) == pytest.approx(float(symmetric_infonce(100.0 * sim)), rel=1e-5)
@@ -160,13 +161,15 @@ def test_gather_adds_the_other_processes_rows():
             extra = other_video if is_video else other_text
             return {k: torch.cat([v, extra[k]]) for k, v in feats.items()}
 
-        out = model(local, gather=gather)
+        objective = build_objective(model)
+        out = objective(model, local, gather=gather)
         video = model.encode_video(torch.cat([local["video"], other["video"]]),
                                    torch.cat([local["video_mask"], other["video_mask"]]))
         text = model.encode_text(torch.cat([local["text_tokens"], other["text_tokens"]]))
         expected = symmetric_infonce(model.scale() * model.similarity(text, video))
     assert float(out["contrastive"]) == pytest.approx(float(expected), rel=1e-5)
-    assert float(model(local, gather=lambda f: f)["loss"]) == pytest.approx(float(model(local)["loss"]), rel=1e-6)
+    with_identity = objective(model, local, gather=lambda f: f)["loss"]
+    assert float(with_identity) == pytest.approx(float(objective(model, local)["loss"]), rel=1e-6)
 
 
 def test_caption_loss_is_weighted_and_added():
@@ -174,9 +177,10 @@ def test_caption_loss_is_weighted_and_added():
     assert model.captioner is not None
     batch = _batch(model)
     with torch.no_grad():
-        out = model(batch)
+        out = build_objective(model)(model, batch)
         outputs = model.encode_video_outputs(batch["video"], batch["video_mask"])
-        caption = model.captioner.loss(outputs.frames, batch["text_tokens"], outputs.mask)
+        logits, targets = model.captioner.scored_logits(outputs.frames, batch["text_tokens"], outputs.mask)
+        caption = caption_loss(logits, targets, model.captioner.class_weights)
     assert set(out) == {"loss", "contrastive", "caption"}
     assert float(out["caption"]) == pytest.approx(0.5 * float(caption), rel=1e-5)
     assert float(out["loss"]) == pytest.approx(float(out["contrastive"] + out["caption"]), rel=1e-6)
@@ -188,7 +192,7 @@ def test_bf16_autocast_forward_is_finite(arch):
     model = _model(arch).train()
     batch = _batch(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(batch)
+        out = build_objective(model)(model, batch)
     assert all(torch.isfinite(v) for v in out.values()), out
 
 
@@ -197,7 +201,7 @@ def test_bf16_weights():
     assert model.text_encoder.token_embedding.weight.dtype == torch.bfloat16
     batch = _batch(model)
     with torch.no_grad():
-        out = model(batch)
+        out = build_objective(model)(model, batch)
         feats = model.encode_video(batch["video"], batch["video_mask"])
     assert torch.isfinite(out["loss"]) and feats["pooled"].dtype == torch.bfloat16
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidclip.config import CHOICES
+from vidclip.config import choices_for, load_config
 from vidclip.errors import ConfigError
 from vidclip.metrics import retrieval_metrics
 from vidclip.postprocess import apply_postprocess, sk_bias, sk_norm_levels
@@ -49,9 +49,24 @@ def naive_qb_row(query_row, bank, beta):
 
 # ------------------------------------------------------------------------------------------ registry
 def test_registry_names_match_the_config_choices():
-    assert set(POSTPROCESSORS.names()) == set(CHOICES["eval.postprocess"])
+    documented = {"none", "dsl_camoe", "dsl_ts2net", "dsl_clipvip", "dsl_emcl", "qbnorm", "sknorm"}  # module table
+    assert set(choices_for("eval.postprocess")) == documented
+    assert set(POSTPROCESSORS.names(needs_query_bank=True)) == {"qbnorm", "sknorm"}
     with pytest.raises(ConfigError, match="post-processor"):
         apply_postprocess("dsl_unknown", COS)
+
+
+def test_a_post_processor_that_needs_a_bank_says_so_and_config_asks_for_one():
+    @POSTPROCESSORS.register("test_banked", needs_query_bank=True)
+    def banked(sim, bank_sim=None, **unused):
+        return sim, "test_banked"
+
+    try:
+        with pytest.raises(ConfigError, match="query bank"):
+            load_config(None, ["eval.postprocess=test_banked"])
+        assert load_config(None, ["eval.postprocess=test_banked", "eval.query_bank_list=x.jsonl"])
+    finally:
+        POSTPROCESSORS.unregister("test_banked")
 
 
 def test_none_is_the_identity():

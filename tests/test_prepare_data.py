@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 
 from vidclip.cli import main as cli_main
+from vidclip.cli.prepare_data import main
 from vidclip.data import converters as cv
 from vidclip.data.lists import read_list
-from vidclip.data.prepare import DEFAULT_EXPECTED, file_fingerprint, main, prepare
+from vidclip.data.prepare import DEFAULT_EXPECTED, file_fingerprint, prepare
 from vidclip.errors import DataListError
 
 
 @pytest.fixture(autouse=True)
 def _keep_pytest_logging(monkeypatch):
     """``main`` configures console logging for the tool; keep pytest's log capture instead."""
-    monkeypatch.setattr("vidclip.logging_utils.setup_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr("vidclip.cli.common.setup_logging", lambda *args, **kwargs: None)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from torch import nn
 
 from vidclip.config import ModelCfg
 from vidclip.engine.optim import param_groups
+from vidclip.losses import caption_loss
 from vidclip.models.frame_encoder import build_frame_encoder
 from vidclip.models.prompt_cube import PromptCaptioner, PromptCube, frequent_word_ids
 from vidclip.tokenizer import tokenize
@@ -253,7 +254,7 @@ def test_captioner_loss_matches_naive_weighted_ce(embed_dim):
     tokens = tokenize(["a man is in the car .", "there are two dogs on a red sofa", "hello"], 16)
     memory = torch.randn(3, 2 * P, embed_dim)
     with torch.no_grad():
-        loss = captioner.loss(memory, tokens)
+        loss = caption_loss(*captioner.scored_logits(memory, tokens), captioner.class_weights)
         expected = naive_weighted_ce(captioner.logits(memory, tokens), tokens, 0.25)
     assert abs(loss.item() - expected) < 1e-4
     if embed_dim == 64:
@@ -286,7 +287,7 @@ def test_captioner_loss_decreases_without_touching_clip():
     losses = []
     for _ in range(10):
         optimizer.zero_grad()
-        loss = captioner.loss(memory, tokens)
+        loss = caption_loss(*captioner.scored_logits(memory, tokens), captioner.class_weights)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())

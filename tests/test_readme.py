@@ -70,7 +70,7 @@ def test_prepare_data_commands_run_on_the_real_annotations(shared_data, tmp_path
 @pytest.mark.slow
 def test_search_your_own_videos_commands(tmp_path):
     from vidclip.data.synthetic import make_synthetic_dataset
-    from vidclip.engine.checkpoint import save_model_weights
+    from vidclip.models.weights import save_model_weights
 
     make_synthetic_dataset(tmp_path / "syn", num_train=0, num_val=0, num_test=4, seed=1)
     torch.manual_seed(0)

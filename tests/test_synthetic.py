@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from vidclip.data.lists import read_list
-from vidclip.data.synthetic import COLOURS, make_synthetic_dataset, motion_direction_accuracy, render_clip, trajectory
+from vidclip.data.synthetic import COLOURS, make_synthetic_dataset, render_clip, trajectory, twin_indices
+from vidclip.metrics import motion_direction_accuracy as _accuracy
+
+
+def motion_direction_accuracy(sim, records, text_to_video=None):
+    """The metric on a data list: twins read from the records' meta, then the plain-array metric."""
+    return _accuracy(sim, twin_indices(records), text_to_video=text_to_video)
 
 SMALL = dict(num_train=15, num_val=2, num_test=5, size=32, frames=6, fps=8)  # >= 6 draws: every colour in train
 MOTION_WORDS = {  # written independently of the templates: any caption must use one of these

@@ -3,7 +3,7 @@ import open_clip
 import pytest
 import torch
 
-from vidclip.heads.base import l2_normalize, masked_mean
+from vidclip.features import l2_normalize, masked_mean
 from vidclip.models.temporal import SequenceTransformer, build_temporal
 from vidclip.registry import TEMPORAL
 

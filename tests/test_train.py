@@ -14,9 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vidclip.cli.train import parse_args
 from vidclip.config import load_config
+from vidclip.data.loaders import EpochShuffleSampler
 from vidclip.engine.checkpoint import find_latest, read_weights_metadata
-from vidclip.engine.train import EpochShuffleSampler, TrainState, parse_args, total_steps_for, validation_list
+from vidclip.engine.train import TrainState, total_steps_for, validation_list
 from vidclip.errors import ConfigError, NonFiniteError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,18 +143,18 @@ def test_non_finite_loss_names_step_and_term(synthetic, tmp_path):
 
     cfg = load_config(TINY, _overrides(synthetic, tmp_path / "run", "train.max_steps=3"))
     trainer = Trainer(cfg)
-    model = trainer.unwrapped
-    original = model.forward
+    objective = trainer.objective
+    original = objective.losses
     calls = {"n": 0}
 
-    def poisoned(batch, gather=None):
-        out = original(batch, gather=gather)
+    def poisoned(outputs):
+        out = original(outputs)
         calls["n"] += 1
         if calls["n"] == 2:
             out = {**out, "contrastive": out["contrastive"] * float("nan")}
         return out
 
-    model.forward = poisoned
+    objective.losses = poisoned
     with pytest.raises(NonFiniteError, match=r"step 2: loss term 'contrastive'"):
         trainer.fit()
 

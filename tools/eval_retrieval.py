@@ -1,8 +1,6 @@
 #!/usr/bin/env python
-"""Thin entry point: see `vidclip.engine.evaluate` (also `vidclip eval`)."""
-import sys
-
-from vidclip.engine.evaluate import main
+"""Shim for ``vidclip eval``: the parser and printing live in vidclip/cli/eval.py."""
+from vidclip.cli.eval import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

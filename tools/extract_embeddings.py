@@ -1,8 +1,6 @@
 #!/usr/bin/env python
-"""Thin entry point: see `vidclip.engine.extract` (also `vidclip extract`)."""
-import sys
-
-from vidclip.engine.extract import main
+"""Shim for ``vidclip extract``: the parser and printing live in vidclip/cli/extract.py."""
+from vidclip.cli.extract import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

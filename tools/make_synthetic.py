@@ -1,8 +1,6 @@
 #!/usr/bin/env python
-"""Thin entry point: see `vidclip.data.synthetic` (also `vidclip make-synthetic`)."""
-import sys
-
-from vidclip.data.synthetic import main
+"""Shim for ``vidclip make-synthetic``: the parser and printing live in vidclip/cli/make_synthetic.py."""
+from vidclip.cli.make_synthetic import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -1,8 +1,6 @@
 #!/usr/bin/env python
-"""Thin entry point: see `vidclip.data.prepare` (also `vidclip prepare-data`)."""
-import sys
-
-from vidclip.data.prepare import main
+"""Shim for ``vidclip prepare-data``: the parser and printing live in vidclip/cli/prepare_data.py."""
+from vidclip.cli.prepare_data import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -1,8 +1,6 @@
 #!/usr/bin/env python
-"""Thin entry point: see `vidclip.engine.search` (also `vidclip search`)."""
-import sys
-
-from vidclip.engine.search import main
+"""Shim for ``vidclip search``: the parser and printing live in vidclip/cli/search.py."""
+from vidclip.cli.search import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

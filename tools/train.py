@@ -1,8 +1,6 @@
 #!/usr/bin/env python
-"""Thin entry point: see `vidclip.engine.train` (also `vidclip train`)."""
-import sys
-
-from vidclip.engine.train import main
+"""Shim for ``vidclip train``: the parser and printing live in vidclip/cli/train.py."""
+from vidclip.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -6,17 +6,18 @@ naming the key and the valid choices. ``load_config`` is the only merge chain; `
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
+from .io import atomic_write_text
+from .registry import HEADS, POSTPROCESSORS, READERS, SAMPLERS, TEMPORAL, Registry
 
 _logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TemporalCfg:
 @dataclass
 class HeadCfg:
     name: str = "vifi"  # alignment head: vifi | glscl | ucofia | norton (see vidclip.heads)
+    preset: Optional[str] = None  # named kwargs set of the head ("reference" = its reference code); kwargs overlay it
     kwargs: Dict[str, Any] = field(default_factory=dict)  # head constructor arguments, validated by the head
 
 
@@ -181,23 +183,36 @@ class Config:
     demo: DemoCfg = field(default_factory=DemoCfg)
 
 
-# Values with a closed set of choices (registries are checked where they live).
+# Values with a closed set of choices that are not variants (variants live in registries, below).
 CHOICES: Dict[str, Sequence[str]] = {
-    "model.temporal.type": ("mean", "seq_transformer"),
     "model.precision": ("fp32", "fp16", "bf16"),
-    "data.train_sampler": ("uniform", "clip4clip", "segment_random", "segment_center", "prompt_switch"),
-    "data.test_sampler": ("uniform", "clip4clip", "segment_center", "prompt_switch"),
     "data.slice": ("head", "tail", "uniform"),
     "data.train_augment": ("none", "crop_flip"),
     "data.caption_sampling": ("random", "all"),
-    "data.reader_backend": ("auto", "decord", "pyav"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "eval.split": ("test", "val", "train"),
     "eval.mode": ("clip4clip", "strict"),
     "eval.multi_caption": ("auto", "yes", "no"),
     "extract.dtype": ("float16", "float32"),
-    "eval.postprocess": ("none", "dsl_camoe", "dsl_ts2net", "dsl_clipvip", "dsl_emcl", "qbnorm", "sknorm"),
 }
+
+# Keys whose valid values are the names in a registry, with the facts an entry must have (``Registry.names``).
+REGISTRY_KEYS: Dict[str, Tuple[Registry, Dict[str, Any]]] = {
+    "model.head.name": (HEADS, {}),
+    "model.temporal.type": (TEMPORAL, {}),
+    "data.train_sampler": (SAMPLERS, {}),
+    "data.test_sampler": (SAMPLERS, {"deterministic": True}),
+    "data.reader_backend": (READERS, {}),
+    "eval.postprocess": (POSTPROCESSORS, {}),
+}
+
+
+def choices_for(dotted: str) -> List[str]:
+    """Valid values of config key ``dotted`` (registry-backed keys ask their registry, so user entries count)."""
+    if dotted in REGISTRY_KEYS:
+        registry, where = REGISTRY_KEYS[dotted]
+        return registry.names(**where)
+    return list(CHOICES[dotted])
 
 
 # ----------------------------------------------------------------------------------------------------- merge chain
@@ -319,8 +334,71 @@ def load_config(
         cfg = _merge(cfg, {"model": _read_yaml(arch_path)}, str(arch_path))
     for layer, source in layers:
         cfg = _merge(cfg, layer, source)
+    _derive_image_size(cfg, explicit=_set_in_any([layer for layer, _ in layers], "data.image_size"))
+    _derive_head_frames(cfg)
     validate_config(cfg)
     return cfg
+
+
+def _set_in_any(layers: Sequence[DictConfig], dotted: str) -> bool:
+    return any(OmegaConf.select(layer, dotted, default=None) is not None for layer in layers)
+
+
+def arch_image_size(model_cfg: DictConfig) -> Optional[int]:
+    """Input size of the visual tower the model config describes (inline ``vision_cfg`` or open_clip's file)."""
+    vision = model_cfg.clip.vision_cfg
+    if vision is None:
+        try:
+            from open_clip import get_model_config
+        except ImportError:
+            return None
+        vision = (get_model_config(model_cfg.clip.model_name) or {}).get("vision_cfg")
+    size = (vision or {}).get("image_size")
+    if isinstance(size, (list, tuple)) or OmegaConf.is_list(size):
+        size = size[0] if len(set(size)) == 1 else None
+    return None if size is None else int(size)
+
+
+def _derive_image_size(cfg: DictConfig, explicit: bool) -> None:
+    """``data.image_size`` follows the architecture unless a config file or override sets it."""
+    size = arch_image_size(cfg.model)
+    if size is not None and not explicit and cfg.data.image_size != size:
+        _logger.info("data.image_size=%d taken from the architecture (was the default %d)", size, cfg.data.image_size)
+        cfg.data.image_size = size
+
+
+def _head_max_frames(cfg: DictConfig) -> Tuple[Optional[int], str]:
+    """(frames the head is sized for, where that value comes from); (None, "") for heads without ``max_frames``."""
+    head = cfg.model.head
+    if head.name not in HEADS:
+        return None, ""  # validate_config names the key and the valid heads
+    factory = HEADS.get(head.name)
+    param = _init_params(factory).get("max_frames")
+    if param is None:
+        return None, ""
+    preset = (getattr(factory, "PRESETS", {}) or {}).get(head.get("preset")) or {}
+    if "max_frames" in (head.kwargs or {}):
+        return int(head.kwargs.max_frames), "model.head.kwargs.max_frames"
+    if "max_frames" in preset:
+        return int(preset["max_frames"]), f"model.head.preset={head.preset} (max_frames)"
+    default = None if param.default is inspect.Parameter.empty else int(param.default)
+    return default, f"max_frames (default of head '{head.name}')"
+
+
+def _derive_head_frames(cfg: DictConfig) -> None:
+    """A head sized by ``max_frames`` (UCoFiA's ISA) holds every configured frame unless its kwargs set it."""
+    max_frames, source = _head_max_frames(cfg)
+    frames = max(cfg.data.num_frames, cfg.data.test_num_frames or cfg.data.num_frames)
+    if source.startswith("max_frames (default") and (max_frames is None or frames > max_frames):
+        _logger.info("model.head.kwargs.max_frames=%d taken from data.num_frames / data.test_num_frames", frames)
+        cfg.model.head.kwargs["max_frames"] = frames
+
+
+def _init_params(factory: Any) -> Dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return {}
 
 
 def model_config_from_arch(arch: str, **overrides: Any) -> DictConfig:
@@ -341,8 +419,8 @@ def _check_choice(cfg: DictConfig, dotted: str, choices: Sequence[str]) -> None:
 
 def validate_config(cfg: DictConfig) -> None:
     """Check closed choices and impossible combinations before any work starts."""
-    for dotted, choices in CHOICES.items():
-        _check_choice(cfg, dotted, choices)
+    for dotted in [*CHOICES, *REGISTRY_KEYS]:
+        _check_choice(cfg, dotted, choices_for(dotted))
     model, data = cfg.model, cfg.data
     test_frames = data.test_num_frames or data.num_frames
     if model.context_length < 3 or model.context_length > 77:
@@ -350,7 +428,10 @@ def validate_config(cfg: DictConfig) -> None:
     if data.num_frames < 1:
         raise ConfigError(f"data.num_frames={data.num_frames} must be at least 1")
     _check_counts(cfg)
-    uses_chunks = model.prompt.enabled or "prompt_switch" in (data.train_sampler, data.test_sampler)
+    _check_image_size(cfg)
+    _check_head_frames(cfg)
+    uses_chunks = model.prompt.enabled or any(
+        SAMPLERS.info(name, "prompt_chunks", False) for name in (data.train_sampler, data.test_sampler))
     if uses_chunks:
         p = model.prompt.num_prompts
         if p < 1:
@@ -366,7 +447,8 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_head(cfg)
     if cfg.train.grad_accum_steps < 1:
         raise ConfigError(f"train.grad_accum_steps={cfg.train.grad_accum_steps} must be at least 1")
-    if cfg.eval.postprocess in ("qbnorm", "sknorm") and not cfg.eval.query_bank_list and not data.train_list:
+    needs_bank = POSTPROCESSORS.info(cfg.eval.postprocess, "needs_query_bank", False)
+    if needs_bank and not cfg.eval.query_bank_list and not data.train_list:
         raise ConfigError(
             f"eval.postprocess={cfg.eval.postprocess} needs a query bank of training captions: set "
             "eval.query_bank_list (or data.train_list). Test queries are never used as a bank.")
@@ -392,33 +474,36 @@ def _check_counts(cfg: DictConfig) -> None:
                           "train for train.epochs instead")
 
 
+def _check_image_size(cfg: DictConfig) -> None:
+    size = arch_image_size(cfg.model)
+    if size is not None and size != cfg.data.image_size:
+        model = cfg.model
+        where = f"model.arch={model.arch}" if model.arch else f"model.clip.model_name={model.clip.model_name}"
+        raise ConfigError(f"data.image_size={cfg.data.image_size} but the visual tower of {where} takes "
+                          f"{size}x{size} frames (model.clip.vision_cfg.image_size): set data.image_size={size} "
+                          "or drop it from the config to use the architecture's size")
+
+
+def _check_head_frames(cfg: DictConfig) -> None:
+    max_frames, source = _head_max_frames(cfg)
+    data = cfg.data
+    for key, frames in (("data.num_frames", data.num_frames), ("data.test_num_frames", data.test_num_frames)):
+        if max_frames is not None and frames is not None and frames > max_frames:
+            raise ConfigError(f"{key}={frames} is more than {source}={max_frames} (the frames head "
+                              f"'{cfg.model.head.name}' is sized for): set model.head.kwargs.max_frames={frames}, or "
+                              "leave it unset so load_config sizes the head from the data frame counts")
+
+
 def _validate_head(cfg: DictConfig) -> None:
-    """Head name exists, its kwargs fit its constructor, and the encoder provides what it needs."""
-    try:
-        from . import heads  # noqa: F401  (registers the heads)
-        from .heads.base import check_head_kwargs
-        from .registry import HEADS
-    except ImportError:  # heads not importable (partial install): the factory reports it later
-        return
-    if not HEADS.names():
-        return
-    head_cls = HEADS.get(cfg.model.head.name)
-    check_head_kwargs(head_cls, cfg.model)  # typos in model.head.kwargs fail before any work
-    check = getattr(head_cls, "check_config", None)
+    """The head's own checks (kwargs fit its constructor, the encoder provides what it needs), via the registry."""
+    check = getattr(HEADS.get(cfg.model.head.name), "check_config", None)
     if check is not None:
         check(cfg.model)
 
 
 def save_config(cfg: DictConfig, run_dir: Union[str, Path]) -> Path:
     """Write the resolved config to ``<run_dir>/config.yaml`` atomically and return the path."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / "config.yaml"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".config.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, target)
-    return target
+    return atomic_write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def to_container(cfg: DictConfig) -> Dict[str, Any]:

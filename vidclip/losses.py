@@ -1,6 +1,7 @@
-"""Contrastive losses: symmetric InfoNCE (optionally with soft targets) and Norton's OT-rectified targets.
+"""Training losses: symmetric InfoNCE (optionally with soft targets), Norton's OT-rectified targets, captioning.
 
-Cross-process gathering is not done here: the model gathers features with the callable it is given
+Losses are plain functions of model outputs; :mod:`vidclip.objective` composes them for training. Cross-process
+gathering is not done here: the model gathers features with the callable it is given
 (:func:`vidclip.distributed.make_feature_gather`) and the loss sees the global logits.
 """
 from __future__ import annotations
@@ -59,3 +60,15 @@ class ContrastiveLoss(torch.nn.Module):
             targets = rectified_targets(logits.detach().float(), beta=self.cfg.rectify_beta,
                                         epsilon=self.cfg.rectify_epsilon, iters=self.cfg.rectify_iters)
         return symmetric_infonce(logits, targets)
+
+
+def caption_loss(logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """Class-weighted next-token cross-entropy (Prompt Switch's captioning loss; weighted mean as the reference).
+
+    Args:
+        logits: (M, V) logits of the scored positions (``PromptCaptioner.scored_logits``).
+        targets: (M,) next-token ids.
+        class_weights: optional (V,) weights (frequent words down-weighted).
+    """
+    return F.cross_entropy(logits.float(), targets, weight=class_weights)

@@ -262,3 +262,35 @@ def format_metrics_table(results: Mapping[str, Mapping[str, Any]],
         m = results[side]
         lines.append(f"{side:<7}" + "".join(f"{m[k]:>8.1f}" for k in keys) + f"{int(m['n']):>8d}")
     return "\n".join(lines)
+
+
+def motion_direction_accuracy(sim: ArrayLike, twins: ArrayLike, text_to_video: ArrayLike | None = None,
+                              tie_tolerance: float = 1e-6) -> float:
+    """Share of queries whose own video outscores its time-reversed twin (the synthetic set's frame-order test).
+
+    Args:
+        sim: (N_texts, N_videos) similarity. Without ``text_to_video``, N_texts == N_videos and text i describes
+            video i.
+        twins: (N_videos,) index of each video's twin (same content, reversed order), -1 when it has none
+            (``vidclip.data.synthetic.twin_indices`` reads them from a data list).
+        text_to_video: optional video index of each text row (several captions per video).
+        tie_tolerance: |own - twin| <= tie_tolerance * max(1, |own|) counts as a tie, worth one half.
+
+    Returns:
+        mean over texts of twinned videos of 1 (own > twin), 0.5 (tie) or 0 (own < twin); ``nan`` when no video has
+        a twin. Chance, and the exact score of any frame-order-invariant model, is 0.5.
+    """
+    s = _as_numpy(sim).astype(np.float64)
+    twins = _as_numpy(twins).astype(np.int64).reshape(-1)
+    rows = np.arange(len(twins)) if text_to_video is None else _as_numpy(text_to_video).astype(np.int64).reshape(-1)
+    if s.ndim != 2 or s.shape != (len(rows), len(twins)):
+        raise ValueError(f"motion_direction_accuracy: sim has shape {s.shape}, expected ({len(rows)}, {len(twins)}) "
+                         "(texts x videos); pass text_to_video for several captions per video")
+    keep = twins[rows] >= 0  # (N_texts,) texts whose video has a twin
+    if not keep.any():
+        return float("nan")
+    text_idx = np.flatnonzero(keep)
+    own, other = s[text_idx, rows[keep]], s[text_idx, twins[rows[keep]]]  # (K,) each
+    tie = np.abs(own - other) <= tie_tolerance * np.maximum(1.0, np.abs(own))
+    return float(np.mean(np.where(tie, 0.5, (own > other).astype(np.float64))))
+

@@ -167,7 +167,7 @@ def qb_norm(sim: torch.Tensor, bank_sim: torch.Tensor, k: int = 1, beta: float =
     return out
 
 
-@POSTPROCESSORS.register("qbnorm")
+@POSTPROCESSORS.register("qbnorm", needs_query_bank=True)
 def qbnorm_postprocess(sim: ArrayLike, bank_sim: ArrayLike | None = None, *,
                        bank_sim_v2t: ArrayLike | None = None, units: str = "cosine", logit_scale: float = 100.0,
                        k: int = 1, beta: float = 70.0, theta_t2v: float = 3, theta_v2t: float = 5,
@@ -235,7 +235,7 @@ def sk_norm_levels(levels_test: Mapping[str, ArrayLike], levels_bank: Mapping[st
     return torch.stack(normalised).mean(dim=0)  # (N_q, N_g)
 
 
-@POSTPROCESSORS.register("sknorm")
+@POSTPROCESSORS.register("sknorm", needs_query_bank=True)
 def sknorm_postprocess(sim: ArrayLike, bank_sim: ArrayLike | None = None, *,
                        bank_sim_v2t: ArrayLike | None = None, units: str = "cosine", logit_scale: float = 100.0,
                        n_iters: int = 4, **unused: Any) -> tuple[dict[str, ArrayLike], str]:

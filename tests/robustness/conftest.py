@@ -25,7 +25,7 @@ def synth(tmp_path_factory) -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """Random-init tiny-vifi weights in vidclip's safetensors format."""
     import vidclip
-    from vidclip.engine.checkpoint import save_model_weights
+    from vidclip.models.weights import save_model_weights
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("robust_ckpt") / "model.safetensors"

@@ -13,6 +13,7 @@ from vidclip.config import load_config
 from vidclip.data.collate import make_collate
 from vidclip.data.lists import read_list
 from vidclip.errors import ConfigError, DataListError
+from vidclip.objective import build_objective
 from vidclip.tokenizer import tokenize
 
 from .helpers import TINY_CONFIG, synth_overrides
@@ -37,7 +38,7 @@ def test_odd_captions_encode_to_finite_unit_features_and_train(arch):
     batch = make_collate(32)([{"video": torch.randn(4, 3, 32, 32), "video_mask": torch.ones(4, dtype=torch.bool),
                                "caption": caption, "video_id": str(i), "index": i}
                               for i, caption in enumerate(ODD_CAPTIONS)])
-    losses = model(batch)
+    losses = build_objective(model)(model, batch)
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -103,7 +104,8 @@ def test_heads_needing_patch_tokens_refuse_an_encoder_without_them():
 
 def test_config_errors_come_before_any_work(tmp_path, monkeypatch):
     """tools/train.py and eval with a bad key fail in load_config: no run directory, no model built."""
-    from vidclip.engine import evaluate, train
+    from vidclip.cli import eval as evaluate
+    from vidclip.cli import train
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a model was built before the config was validated")

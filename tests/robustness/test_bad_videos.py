@@ -203,14 +203,14 @@ def test_training_over_broken_videos_finishes_with_finite_loss_and_logs_paths(sy
                                                              "train.output_dir": str(tmp_path / "run")}))
     trainer = Trainer(cfg)
     losses = []
-    forward = trainer.unwrapped.forward
+    compute = trainer.objective.losses
 
-    def recording(batch, gather=None):
-        out = forward(batch, gather=gather)
+    def recording(outputs):
+        out = compute(outputs)
         losses.append(float(out["loss"].detach()))
         return out
 
-    trainer.unwrapped.forward = recording
+    trainer.objective.losses = recording
     with caplog.at_level(logging.WARNING):
         trainer.fit()
     # one epoch (train.epochs=1): skipped batches do not count as optimiser steps and do not extend the run
@@ -224,7 +224,7 @@ def test_training_over_broken_videos_finishes_with_finite_loss_and_logs_paths(sy
 @pytest.mark.parametrize("mode", ["clip4clip", "strict"])
 def test_evaluation_reports_broken_videos_and_strict_counts_them_as_misses(synth, tmp_path, broken_videos,
                                                                            tiny_checkpoint, mode):
-    from vidclip.engine.evaluate import main as eval_main
+    from vidclip.cli.eval import main as eval_main
 
     test_list, broken = _list_with_broken(synth, tmp_path, broken_videos, "test", 3)
     out = tmp_path / "metrics.json"

@@ -57,7 +57,8 @@ def _train_args(synth, run_dir):
 
 @pytest.mark.slow
 def test_training_killed_at_random_points_resumes_to_the_same_weights(synth, tmp_path):
-    from vidclip.engine.train import Trainer, parse_args
+    from vidclip.cli.train import parse_args
+    from vidclip.engine.train import Trainer
 
     args = parse_args(_train_args(synth, tmp_path / "reference"))
     Trainer(load_config(args.config, args.overrides)).fit()  # uninterrupted, in-process
@@ -163,7 +164,8 @@ def test_extraction_disk_full_is_clear_and_keeps_earlier_shards(synth, tmp_path,
 def test_unwritable_outputs_fail_before_work_with_a_clear_error(synth, tmp_path, tiny_checkpoint):
     """Running as root, chmod does not stop writes: a path below a regular file is unwritable for everyone."""
     import vidclip
-    from vidclip.engine import evaluate, extract
+    from vidclip.cli import eval as eval_cli
+    from vidclip.engine import extract
     from vidclip.engine.train import Trainer
 
     blocker = tmp_path / "a_file"
@@ -179,7 +181,7 @@ def test_unwritable_outputs_fail_before_work_with_a_clear_error(synth, tmp_path,
         Trainer(cfg)
     started = time.perf_counter()
     with pytest.raises(VidclipError, match=r"eval.output.*a_file"):
-        evaluate.main(["--config", str(TINY_CONFIG), "--checkpoint", str(tiny_checkpoint),
+        eval_cli.main(["--config", str(TINY_CONFIG), "--checkpoint", str(tiny_checkpoint),
                        *synth_overrides(synth, **{"model.arch": "tiny-vifi",
                                                   "eval.output": str(blocker / "metrics.json")})])
     assert time.perf_counter() - started < 20

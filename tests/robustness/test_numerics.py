@@ -10,6 +10,7 @@ import vidclip
 import vidclip.heads  # noqa: F401  (registers every head)
 from vidclip.config import load_config
 from vidclip.errors import NonFiniteError
+from vidclip.objective import build_objective
 from vidclip.registry import HEADS
 from vidclip.tokenizer import tokenize
 
@@ -50,13 +51,13 @@ def test_bf16_autocast_is_finite_on_adversarial_inputs(arch):
     torch.manual_seed(0)
     model = vidclip.create_model(arch)
     loss_cfg = load_config(None, ["train.loss.rectify_targets=true"]).train.loss  # OT-rectified targets too
-    model.set_loss_config(loss_cfg)
+    objective = build_objective(model, loss_cfg)
     for name, video, captions in adversarial_batches():
         mask = torch.ones(B, T, dtype=torch.bool)
         mask[1, 3:] = False  # a short clip
         batch = {"video": video, "video_mask": mask, "text_tokens": tokenize(captions, 32)}
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            losses = model(batch)
+            losses = objective(model, batch)
             video_feats = model.encode_video(video, mask)
             text_feats = model.encode_text(batch["text_tokens"])
             sim = model.similarity(text_feats, video_feats)

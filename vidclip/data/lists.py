@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 from ..errors import DataListError
+from ..io import atomic_write
 
 _logger = logging.getLogger(__name__)
 REQUIRED_KEYS = ("video_id", "path", "captions")
@@ -95,19 +95,12 @@ def read_list(path: Union[str, Path]) -> list[VideoRecord]:
 
 def write_list(records: Iterable[VideoRecord], path: Union[str, Path]) -> Path:
     """Write records as JSONL atomically (a crash never leaves a half-written list)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             for record in records:
                 f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def resolve_video_path(videos_root: Union[str, Path], record: VideoRecord) -> Path:

@@ -1,15 +1,15 @@
-"""``tools/prepare_data.py`` / ``vidclip prepare-data``: official annotation files -> unified JSONL data lists.
+"""Official annotation files -> unified JSONL data lists (``tools/prepare_data.py`` / ``vidclip prepare-data``).
 
 ``prepare_data.py {msrvtt,msvd,didemo} --annotations DIR --videos DIR --out DIR [--ext .mp4]`` converts every split
 whose files it finds (looking in ``DIR/<dataset>``, ``DIR/splits/<dataset>`` and ``DIR``), writes
-``<out>/<dataset>_<split>.jsonl``, and checks what it read against ``data_lists/expected.json``: each official
+``<out>/<dataset>_<split>.jsonl``, and checks what it read against ``data_lists/expected.json`` (shipped in the
+package as ``vidclip/resources/data_lists/expected.json``, see :data:`DEFAULT_EXPECTED`): each official
 file's sha256 / git blob id and each split's video and caption counts. Videos listed but absent under ``--videos``
 are reported (count, first names, full list in ``<out>/missing_<dataset>.txt``) and kept in the lists unless
 ``--drop-missing`` is given; splits whose files are absent are named with the file they need.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -20,17 +20,15 @@ from pathlib import Path
 
 from ..constants import VIDEO_EXTENSIONS
 from ..errors import DataListError
+from ..registry import DATASETS as DATASET_CONVERTERS
+from ..resources import packaged_path
 from . import converters as cv
 from .lists import VideoRecord, write_list
 
 _logger = logging.getLogger(__name__)
 
-DATASETS = ("msrvtt", "msvd", "didemo")
-FOLDER_ALIASES = {"msrvtt": ("msrvtt", "msrvtt_data", "MSRVTT", "MSR-VTT"), "msvd": ("msvd", "msvd_data", "MSVD"),
-                  "didemo": ("didemo", "DiDeMo", "didemo_data")}
-DEFAULT_EXT = {"msrvtt": ".mp4", "msvd": ".avi", "didemo": ".mp4"}
 EXTRA_VIDEO_EXTENSIONS = (".wmv", ".mts", ".m2ts", ".3g2")  # DiDeMo originals beyond constants.VIDEO_EXTENSIONS
-DEFAULT_EXPECTED = Path(__file__).resolve().parents[2] / "data_lists" / "expected.json"
+DEFAULT_EXPECTED = packaged_path("data_lists", "expected.json")  # data_lists/expected.json links here
 MSRVTT_VAL_SIZE = 500
 MSRVTT_FULL_SPLITS = {"train": "train_full", "validate": "val_full", "test": "test_full"}
 SHOW = 5  # names shown in log messages before "..."
@@ -106,8 +104,9 @@ class PrepareReport:
 # --------------------------------------------------------------------------------------------------- file discovery
 def find_annotation(annotations: Path, dataset: str, name: str) -> Path | None:
     """First ``name`` found in ``annotations/<alias>``, ``annotations/splits/<alias>`` or ``annotations``."""
-    folders = [annotations / a for a in FOLDER_ALIASES[dataset]]
-    folders += [annotations / "splits" / a for a in FOLDER_ALIASES[dataset]] + [annotations]
+    aliases = DATASET_CONVERTERS.info(dataset, "folder_aliases", (dataset,))
+    folders = [annotations / a for a in aliases]
+    folders += [annotations / "splits" / a for a in aliases] + [annotations]
     for folder in folders:
         if (folder / name).is_file():
             return folder / name
@@ -119,6 +118,8 @@ def _needs(names: Sequence[str], annotations: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- converters
+@DATASET_CONVERTERS.register("msrvtt", default_ext=".mp4",
+                             folder_aliases=("msrvtt", "msrvtt_data", "MSRVTT", "MSR-VTT"))
 def convert_msrvtt(annotations: Path, index: VideoIndex, val_size: int = MSRVTT_VAL_SIZE) -> Converted:
     """1k-A test from the JSFusion csv; 9k / 7k / held-out val / full splits from MSRVTT_data.json + id csvs."""
     out = Converted()
@@ -170,6 +171,7 @@ def _captioned(ids: Sequence[str], captions, index: VideoIndex, source: str, out
     return records
 
 
+@DATASET_CONVERTERS.register("msvd", default_ext=".avi", folder_aliases=("msvd", "msvd_data", "MSVD"))
 def convert_msvd(annotations: Path, index: VideoIndex) -> Converted:
     """train / val / test from ``{split}_list.txt`` + ``captions_msvd.json`` (or ``raw-captions.pkl``)."""
     out = Converted()
@@ -189,6 +191,7 @@ def convert_msvd(annotations: Path, index: VideoIndex) -> Converted:
     return out
 
 
+@DATASET_CONVERTERS.register("didemo", default_ext=".mp4", folder_aliases=("didemo", "DiDeMo", "didemo_data"))
 def convert_didemo(annotations: Path, index: VideoIndex) -> Converted:
     """Paragraph records (plus per-sentence moments) of each split with both ``{split}_data.json`` and list."""
     out = Converted()
@@ -211,7 +214,7 @@ def convert_didemo(annotations: Path, index: VideoIndex) -> Converted:
     return out
 
 
-CONVERTERS = {"msrvtt": convert_msrvtt, "msvd": convert_msvd, "didemo": convert_didemo}
+DATASETS = tuple(DATASET_CONVERTERS.names())  # the built-in converters (registered above)
 
 
 # --------------------------------------------------------------------------------------------------- checks
@@ -298,14 +301,14 @@ def prepare(dataset: str, annotations: Path, videos: Path, out: Path, ext: str |
     Raises:
         DataListError: an annotation file is malformed, or no split at all could be converted.
     """
-    if dataset not in CONVERTERS:
-        raise DataListError(f"unknown dataset '{dataset}'. Valid: {', '.join(DATASETS)}")
+    if dataset not in DATASET_CONVERTERS:
+        raise DataListError(f"unknown dataset '{dataset}'. Valid: {', '.join(DATASET_CONVERTERS.names())}")
     annotations, out = Path(annotations), Path(out)
     if not annotations.is_dir():
         raise DataListError(f"--annotations {annotations}: folder not found")
-    index = VideoIndex(Path(videos), ext, DEFAULT_EXT[dataset])
+    index = VideoIndex(Path(videos), ext, DATASET_CONVERTERS.info(dataset, "default_ext", ".mp4"))
     kwargs = {"val_size": val_size} if dataset == "msrvtt" else {}
-    converted = CONVERTERS[dataset](annotations, index, **kwargs)
+    converted = DATASET_CONVERTERS.get(dataset)(annotations, index, **kwargs)
     if not converted.splits:
         raise DataListError(f"{dataset}: no split could be converted from {annotations}: "
                             + "; ".join(f"{s} {why}" for s, why in converted.missing_splits.items()))
@@ -331,48 +334,3 @@ def prepare(dataset: str, annotations: Path, videos: Path, out: Path, ext: str |
         _logger.warning("CHECK FAILED: %s", problem)
     return report
 
-
-# --------------------------------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prepare_data.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=DATASETS)
-    parser.add_argument("--annotations", required=True, type=Path, help="folder holding the official files")
-    parser.add_argument("--videos", required=True, type=Path, help="videos root the lists' paths are relative to")
-    parser.add_argument("--out", required=True, type=Path, help="folder for <dataset>_<split>.jsonl")
-    parser.add_argument("--ext", default=None, help="video file extension, e.g. .mp4 (default: whatever is on disk, "
-                        "else .mp4 for MSR-VTT, .avi for MSVD, the original name for DiDeMo)")
-    parser.add_argument("--val-size", type=int, default=MSRVTT_VAL_SIZE,
-                        help="MSR-VTT: videos held out of the 9k training ids for validation")
-    parser.add_argument("--drop-missing", action="store_true", help="leave videos not found on disk out of the lists")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a count or checksum check fails")
-    parser.add_argument("--expected", type=Path, default=None, help=f"reference facts (default {DEFAULT_EXPECTED})")
-    return parser
-
-
-def format_report(report: PrepareReport) -> str:
-    """Human-readable summary: one row per written split, then what is missing and which checks failed."""
-    lines = [f"{'split':<22} {'videos':>7} {'captions':>9} {'sentences':>9} {'missing':>8}  file"]
-    for split, info in report.written.items():
-        lines.append(f"{split:<22} {info['videos']:>7} {info['captions']:>9} {info.get('sentences', '-'):>9} "
-                     f"{info['missing_videos']:>8}  {info['path']}")
-    lines += [f"not written: {split} ({why})" for split, why in report.missing_splits.items()]
-    lines += [f"CHECK FAILED: {p}" for p in report.problems] or ["all checks passed"]
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..logging_utils import setup_logging
-
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    if args.ext and not args.ext.startswith("."):
-        args.ext = "." + args.ext
-    try:
-        report = prepare(args.dataset, args.annotations, args.videos, args.out, ext=args.ext,
-                         drop_missing=args.drop_missing, val_size=args.val_size, expected_path=args.expected)
-    except DataListError as exc:
-        _logger.error("%s", exc)
-        return 1
-    print(format_report(report))
-    return 1 if (args.strict and report.problems) else 0

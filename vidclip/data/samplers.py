@@ -7,7 +7,10 @@ valid index so that decoding never fails but must not be used as content. ``star
 moments), clipped to the video. Randomised samplers draw only from the ``np.random.Generator`` they are given, so
 a seed fixes the result.
 
-Samplers (register more with ``@SAMPLERS.register("name")``):
+Samplers (register more with ``@SAMPLERS.register("name")`` from any module; the name is then valid for
+``data.train_sampler``, and for ``data.test_sampler`` when the sampler's ``deterministic`` is true). The data
+pipeline builds a sampler with ``cls.from_config(cfg, num_frames, train)`` when it has one, else
+``cls(num_frames=...)``; ``FrameSampler.from_config`` passes the config values named in ``config_keys``.
     uniform         evenly spaced over the window (``np.linspace``, rounded half up); shorter windows give every frame
                     once, then mask-False padding.
     clip4clip       CLIP4Clip's cv2 protocol (landscape.md §4.1-4.3): int(fps), the first frame of each second,
@@ -21,8 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from ..errors import ConfigError
 from ..registry import SAMPLERS
@@ -55,6 +60,14 @@ def _padded(valid: list[int] | np.ndarray, size: int, pad_as_content: bool = Fal
 
 class FrameSampler:
     """Base class: validates the call and turns ``start``/``end`` seconds into a frame window."""
+
+    deterministic: ClassVar[bool] = True  # same indices on every call (allowed as data.test_sampler)
+    config_keys: ClassVar[dict[str, str]] = {}  # constructor argument -> dotted config key it is read from
+
+    @classmethod
+    def from_config(cls, cfg: Any, num_frames: int, train: bool) -> FrameSampler:
+        """The sampler for ``num_frames`` frames, with the constructor arguments named in ``config_keys``."""
+        return cls(num_frames, **{arg: OmegaConf.select(cfg, key) for arg, key in cls.config_keys.items()})
 
     def __init__(self, num_frames: int):
         if int(num_frames) < 1:
@@ -129,6 +142,8 @@ class SegmentCenterSampler(_SegmentSampler):
 class SegmentRandomSampler(_SegmentSampler):
     """TSN training sampling: one uniformly random frame per segment (an unseeded generator when none is given)."""
 
+    deterministic = False
+
     def pick(self, edges, generator):
         rng = generator if generator is not None else np.random.default_rng()
         return rng.integers(edges[:-1], edges[1:])  # segment i: [edges[i], edges[i+1])
@@ -145,6 +160,8 @@ class CLIP4ClipSampler(FrameSampler):
     ``np.linspace(0, n - 1, num_frames, dtype=int)``. Under budget: every frame, then mask-False padding.
     A window with no frame (start past the end) falls back to the window's first frame.
     """
+
+    config_keys = {"sample_fps": "data.sample_fps", "slice": "data.slice"}
 
     def __init__(self, num_frames: int, sample_fps: float = 1.0, slice: str | int = "uniform"):
         super().__init__(num_frames)
@@ -200,7 +217,15 @@ class PromptSwitchSampler(FrameSampler):
     random index in ``[a, b)`` (train, with a generator). Order: ``[chunk0: seg0..segP-1, chunk1: ...]``.
     Videos shorter than ``num_prompts`` yield fewer than ``num_frames`` indices; ``short="repeat"`` pads with the
     last index as real content, as the reference does; ``short="mask"`` pads with mask False instead.
+    Deterministic in evaluation (``train=False``); random per segment when training.
     """
+
+    prompt_chunks = True  # frames come in chunks of model.prompt.num_prompts (load_config checks the frame counts)
+
+    @classmethod
+    def from_config(cls, cfg: Any, num_frames: int, train: bool) -> PromptSwitchSampler:
+        """Chunks of ``model.prompt.num_prompts`` frames; random inside each segment when ``train``."""
+        return cls(num_frames, num_prompts=cfg.model.prompt.num_prompts, train=train)
 
     def __init__(self, num_frames: int, num_prompts: int = 6, train: bool = False, short: str = "repeat"):
         super().__init__(num_frames)
@@ -231,3 +256,12 @@ class PromptSwitchSampler(FrameSampler):
 def create_sampler(name: str, num_frames: int, **kwargs) -> FrameSampler:
     """Build the sampler registered as ``name`` (see the module docstring) for ``num_frames`` frames per video."""
     return SAMPLERS.create(name, num_frames=num_frames, **kwargs)
+
+
+def sampler_from_config(cfg: Any, name: str, num_frames: int, train: bool) -> FrameSampler:
+    """The sampler registered as ``name``, built from the config (``from_config``) when it knows how."""
+    factory = SAMPLERS.get(name)
+    from_config = getattr(factory, "from_config", None)
+    if from_config is None:
+        return factory(num_frames=num_frames)
+    return from_config(cfg, num_frames, train)

@@ -12,8 +12,9 @@ positions (likewise down/up and grow/shrink), and start positions, travel distan
 distributions that are symmetric under that reversal. A frame-order-invariant model (mean pooling of per-frame
 features) therefore cannot tell the directions apart. The val and test splits are made of *twin pairs*: a clip and
 its exact time reversal (same colour, shape and frames, reversed order and opposite motion; the default lossless
-codec makes the decoded frame sets identical too), so ``motion_direction_accuracy`` can measure how often the true
-clip outscores its twin. Order-invariant models sit at exactly 0.5 there.
+codec makes the decoded frame sets identical too), so ``vidclip.metrics.motion_direction_accuracy`` (with
+``twin_indices``) can measure how often the true clip outscores its twin. Order-invariant models sit at exactly
+0.5 there.
 
 Why a model can learn it: the training split is laid out the same way by default (``twins+still``: every direction
 clip next to its reversed twin under one ``meta.pair_id``, plus unpaired still clips). Colour and shape alone solve
@@ -29,11 +30,11 @@ val, then train, each from its own random stream, so the test split does not cha
 videos.
 
 CLI: ``python tools/make_synthetic.py --out DIR [--num-videos N] [--seed S] [--frames F] [--size PX] [--fps FPS]
-[--train-layout twins+still|twins|single]`` (also ``vidclip make-synthetic``).
+[--train-layout twins+still|twins|single]`` (also ``vidclip make-synthetic``; the parser is in
+:mod:`vidclip.cli.make_synthetic`).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -344,91 +345,24 @@ def _encode_all(videos_root: Path, specs: dict[str, list[ClipSpec]], settings: S
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
-def motion_direction_accuracy(sim, records: Sequence[VideoRecord], text_to_video: Sequence[int] | None = None,
-                              tie_tolerance: float = 1e-6) -> float:
-    """Share of direction queries whose own video outscores its time-reversed twin.
+def twin_indices(records: Sequence[VideoRecord]) -> np.ndarray:
+    """(N,) int64 index of each record's time-reversed twin, -1 for none (for ``metrics.motion_direction_accuracy``).
 
-    Args:
-        sim: (N_texts, N_videos) similarity (numpy or torch), video columns in ``records`` order. Without
-            ``text_to_video``, N_texts == N_videos and text i is the (single) caption of video i.
-        records: the test list; a video takes part when ``meta.twin`` (or, failing that, the other record with the
-            same ``meta.pair_id``) names its twin in ``records``.
-        text_to_video: optional video index of each text row (multi-caption lists).
-        tie_tolerance: |own - twin| <= tie_tolerance * max(1, |own|) counts as a tie, worth one half.
-
-    Returns:
-        mean over direction-bearing texts of 1 (own > twin), 0.5 (tie) or 0 (own < twin); ``nan`` when no record
-        has a twin. Chance, and the exact score of any frame-order-invariant model, is 0.5.
+    The twin is named by ``meta.twin`` or, failing that, is the other record sharing ``meta.pair_id``.
     """
-    s = np.asarray(sim.detach().cpu().numpy() if hasattr(sim, "detach") else sim, dtype=np.float64)
-    rows = list(range(len(records))) if text_to_video is None else [int(v) for v in text_to_video]
-    if s.ndim != 2 or s.shape != (len(rows), len(records)):
-        raise ValueError(f"motion_direction_accuracy: sim has shape {s.shape}, expected ({len(rows)}, {len(records)}) "
-                         "(texts x videos in list order); pass text_to_video for several captions per video")
-    twin_of = _twin_indices(records)
-    scores = []
-    for row, video in enumerate(rows):
-        twin = twin_of.get(video)
-        if twin is None:
-            continue
-        own, other = s[row, video], s[row, twin]
-        if abs(own - other) <= tie_tolerance * max(1.0, abs(own)):
-            scores.append(0.5)
-        else:
-            scores.append(1.0 if own > other else 0.0)
-    if not scores:
-        _logger.warning("motion_direction_accuracy: no record has a reversed twin (meta.pair_id); returning nan")
-        return float("nan")
-    return float(np.mean(scores))
-
-
-def _twin_indices(records: Sequence[VideoRecord]) -> dict[int, int]:
-    """Video index -> index of its twin, from ``meta.twin`` or the two records sharing a ``meta.pair_id``."""
     index = {r.video_id: i for i, r in enumerate(records)}
     by_pair: dict[str, list[int]] = {}
     for i, record in enumerate(records):
         pair = (record.meta or {}).get("pair_id")
         if pair is not None:
             by_pair.setdefault(str(pair), []).append(i)
-    twin_of: dict[int, int] = {}
+    twins = np.full(len(records), -1, dtype=np.int64)
     for i, record in enumerate(records):
         meta = record.meta or {}
         if meta.get("twin") in index:
-            twin_of[i] = index[meta["twin"]]
+            twins[i] = index[meta["twin"]]
         elif meta.get("pair_id") is not None and len(by_pair[str(meta["pair_id"])]) == 2:
             a, b = by_pair[str(meta["pair_id"])]
-            twin_of[i] = b if i == a else a
-    return twin_of
+            twins[i] = b if i == a else a
+    return twins
 
-
-# ------------------------------------------------------------------------------------------------ CLI
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="make_synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output directory (videos/ and synthetic_*.jsonl)")
-    parser.add_argument("--num-videos", type=int, default=1200, help="training videos (default 1200)")
-    parser.add_argument("--num-val-videos", type=int, default=48, help="validation videos, twin pairs (default 48)")
-    parser.add_argument("--num-test-videos", type=int, default=64, help="test videos, twin pairs (default 64)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
-    parser.add_argument("--size", type=int, default=64, help="frame width and height in pixels (default 64)")
-    parser.add_argument("--fps", type=int, default=8, help="frame rate of the files (default 8)")
-    parser.add_argument("--captions-per-video", type=int, default=4, help="paraphrases per training video")
-    parser.add_argument("--train-layout", choices=LAYOUTS, default="twins+still",
-                        help="training split: twins+still (default: reversed twin pairs plus still clips), twins, "
-                             "or single (independent clips)")
-    parser.add_argument("--codec", choices=CODECS, default="libx264rgb",
-                        help="libx264rgb: lossless RGB (default); libx264: yuv420p")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``vidclip make-synthetic`` / ``tools/make_synthetic.py``."""
-    from ..logging_utils import setup_logging
-
-    args = parse_args(argv)
-    setup_logging()
-    lists = make_synthetic_dataset(args.out, args.num_videos, args.num_val_videos, args.num_test_videos, args.seed,
-                                   args.size, args.frames, args.fps, args.captions_per_video, args.codec,
-                                   train_layout=args.train_layout)
-    _logger.info("videos root: %s; lists: %s", Path(args.out) / "videos", ", ".join(str(p) for p in lists.values()))
-    return 0

@@ -19,25 +19,34 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Union
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write_text
+from ..models.weights import (  # noqa: F401  (the run layout is read in models.weights; re-exported for callers)
+    _STEP_RE,
+    CHECKPOINTS_DIR,
+    LATEST_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    TMP_PREFIX,
+    checkpoints_dir,
+    find_latest,
+    is_complete,
+    list_checkpoints,
+    load_model_weights,
+    read_trainer_state,
+    read_weights_metadata,
+    resolve_model_weights,
+    save_model_weights,
+)
 
 _logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
-MODEL_FILE = "model.safetensors"
-STATE_FILE = "trainer_state.json"
-TMP_PREFIX = ".tmp_"
-_STEP_RE = re.compile(r"^step_(\d+)$")
 
 PathLike = Union[str, Path]
 
@@ -63,14 +72,8 @@ def _fsync_tree(root: Path) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
+    """Replace ``path`` with ``text`` atomically; a temp file a crash leaves is removed by the next save."""
+    atomic_write_text(path, text, prefix=f"{TMP_PREFIX}{path.name}.")
 
 
 def ensure_writable_dir(directory: Path, key: str) -> None:
@@ -83,116 +86,6 @@ def ensure_writable_dir(directory: Path, key: str) -> None:
     except OSError as exc:
         raise ConfigError(f"{key}={directory}: cannot write there ({exc.strerror or exc}). Choose a writable "
                           f"{key}") from exc
-
-
-# --------------------------------------------------------------------------------------------------- model weights
-def _unshared_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors with no shared storage (safetensors refuses tied tensors)."""
-    seen: set = set()
-    out = {}
-    for name, tensor in state.items():
-        tensor = tensor.detach().cpu().contiguous()
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        out[name] = tensor.clone() if key in seen else tensor
-        seen.add(key)
-    return out
-
-
-def save_model_weights(model: torch.nn.Module, path: PathLike, step: int = 0, arch: str | None = None,
-                       model_config: dict[str, Any] | None = None) -> Path:
-    """Write ``model.state_dict()`` to a safetensors file with vidclip metadata."""
-    path = Path(path)
-    metadata = {"format": "vidclip", "arch": str(arch or ""), "step": str(int(step))}
-    if model_config is not None:
-        metadata["model_config"] = json.dumps(model_config)
-    save_file(_unshared_state_dict(model.state_dict()), str(path), metadata=metadata)
-    return path
-
-
-def read_weights_metadata(path: PathLike) -> dict[str, str]:
-    """The metadata dict of a safetensors file (empty when it has none)."""
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
-def resolve_model_weights(path: PathLike) -> Path:
-    """``model.safetensors`` of a run dir, a ``checkpoints`` dir, a step dir, or the file itself.
-
-    Raises:
-        CheckpointError: nothing loadable at ``path``.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if (path / MODEL_FILE).is_file():
-        return path / MODEL_FILE
-    latest = find_latest(path)
-    if latest is not None:
-        return latest / MODEL_FILE
-    raise CheckpointError(f"{path}: no {MODEL_FILE} and no complete checkpoint under {path}/{CHECKPOINTS_DIR}. "
-                          "Pass a run directory, a checkpoints/step_<N> directory or a .safetensors file")
-
-
-def load_model_weights(model: torch.nn.Module, path: PathLike, strict: bool = True) -> dict[str, str]:
-    """Load weights written by :func:`save_model_weights` into ``model``; returns the file's metadata."""
-    file = resolve_model_weights(path)
-    try:
-        state = load_file(str(file))
-    except Exception as exc:  # safetensors raises its own error types for truncated files
-        raise CheckpointError(f"{file}: cannot read weights ({exc}). The file is truncated or not safetensors") from exc
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if strict and (missing or unexpected):
-        raise CheckpointError(f"{file}: weights do not fit the model: missing {missing[:5]}, unexpected "
-                              f"{unexpected[:5]}. Was it trained with a different model.arch?")
-    return read_weights_metadata(file)
-
-
-# ------------------------------------------------------------------------------------------------- finding latest
-def checkpoints_dir(run_dir: PathLike) -> Path:
-    return Path(run_dir) / CHECKPOINTS_DIR
-
-
-def is_complete(step_dir: Path) -> bool:
-    """A step folder is complete when it was renamed into place with its model weights and trainer state."""
-    return step_dir.is_dir() and (step_dir / MODEL_FILE).is_file() and (step_dir / STATE_FILE).is_file()
-
-
-def list_checkpoints(run_dir: PathLike) -> list[Path]:
-    """Complete ``step_<N>`` folders of a run, oldest first (temp folders ignored)."""
-    root = checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return []
-    steps = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and is_complete(p)]
-    return [p for _, p in sorted(steps)]
-
-
-def find_latest(run_dir: PathLike) -> Path | None:
-    """The newest complete checkpoint of a run (``latest`` pointer first), or None.
-
-    ``run_dir`` may also be the ``checkpoints`` folder itself or a step folder.
-    """
-    path = Path(run_dir)
-    if _STEP_RE.match(path.name) and is_complete(path):
-        return path
-    if path.name == CHECKPOINTS_DIR and not (path / CHECKPOINTS_DIR).exists():
-        path = path.parent
-    pointer = checkpoints_dir(path) / LATEST_FILE
-    if pointer.is_file():
-        target = checkpoints_dir(path) / pointer.read_text().strip()
-        if is_complete(target):
-            return target
-        _logger.warning("%s points at %s, which is missing or incomplete; using the newest complete checkpoint",
-                        pointer, target)
-    complete = list_checkpoints(path)
-    return complete[-1] if complete else None
-
-
-def read_trainer_state(step_dir: PathLike) -> dict[str, Any]:
-    path = Path(step_dir) / STATE_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read the trainer state ({exc})") from exc
 
 
 # ---------------------------------------------------------------------------------------------------------- saving

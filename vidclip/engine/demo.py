@@ -1,7 +1,8 @@
-"""The end-to-end demo: ``make demo`` / ``vidclip demo [--config configs/demo.yaml] [key=value ...]``.
+"""The end-to-end demo behind ``make demo`` / ``vidclip demo [--config configs/demo.yaml] [key=value ...]``.
 
 1. writes the synthetic dataset (real mp4 files, unified JSONL lists) unless ``demo.data_dir`` points at lists;
-2. trains every recipe in ``demo.recipes`` with the same training entry point users launch with accelerate;
+2. trains every recipe in ``demo.recipes`` with the same training function ``tools/train.py`` runs (recipe paths:
+   as given, else next to the demo config, else among the packaged configs, see :func:`resolve_recipe`);
 3. evaluates each on the test split with the real metrics, plus accuracy on the motion-direction queries that need
    frame order (each test video has a twin with the reverse motion);
 4. extracts embeddings of the test videos with ``demo.search_recipe``'s model and runs ``demo.queries`` through the
@@ -10,27 +11,38 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 from omegaconf import DictConfig
 
 from ..config import load_config
+from ..errors import ConfigError
+from ..resources import config_dir as packaged_config_dir
 
 _logger = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vidclip demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo config (default configs/demo.yaml)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. demo.steps=100")
-    return parser.parse_args(argv)
+def resolve_recipe(recipe: str, config_dir: Optional[Path] = None) -> str:
+    """Path of a recipe: as given (absolute or relative to the current folder), else relative to ``config_dir``
+    (the demo config's folder), else among the packaged configs.
+
+    Raises:
+        ConfigError: none of those places holds the file.
+    """
+    tried = [Path(recipe)]
+    if not tried[0].is_absolute():
+        tried += [Path(config_dir) / recipe] if config_dir is not None else []
+        tried.append(packaged_config_dir() / recipe)
+    for path in tried:
+        if path.is_file():
+            return str(path)
+    raise ConfigError(f"demo recipe '{recipe}' (key demo.recipes / demo.search_recipe) not found; tried "
+                      f"{', '.join(str(p) for p in tried)}. Give an existing experiment YAML")
 
 
 def _recipe_name(recipe: str) -> str:
@@ -39,21 +51,24 @@ def _recipe_name(recipe: str) -> str:
 
 def prepare_data(demo: DictConfig, seed: int) -> Path:
     """Lists of the synthetic dataset, generated once per settings (re-used when already there)."""
-    from ..data import synthetic
+    from ..data.synthetic import make_synthetic_dataset
 
     if demo.data_dir:
         return Path(demo.data_dir)
     out = Path(demo.out_dir) / "data"
-    argv = ["--out", str(out), "--seed", str(seed)]
+    argv = ["--out", str(out), "--seed", str(seed)]  # the make-synthetic command line: the re-use stamp
+    kwargs: Dict[str, int] = {"seed": seed}
     if demo.num_videos:
         argv += ["--num-videos", str(demo.num_videos)]
+        kwargs["num_train"] = demo.num_videos
     if demo.num_test_videos:
         argv += ["--num-test-videos", str(demo.num_test_videos)]
+        kwargs["num_test"] = demo.num_test_videos
     stamp = out / ".demo-args.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == argv and (out / "synthetic_test.jsonl").is_file():
         _logger.info("re-using the synthetic dataset in %s", out)
         return out
-    synthetic.main(argv)
+    make_synthetic_dataset(out, **kwargs)
     stamp.write_text(json.dumps(argv))
     return out
 
@@ -73,31 +88,31 @@ def recipe_overrides(demo: DictConfig, data_dir: Path, run_dir: Path) -> List[st
 
 
 def train_and_evaluate(recipe: str, overrides: List[str], device: torch.device) -> Dict[str, Any]:
-    """Train one recipe through the training entry point, then evaluate its final weights on the test split."""
+    """Train one recipe with the training function of ``tools/train.py``, then evaluate its final weights."""
     from ..data.lists import read_list
-    from ..data.synthetic import motion_direction_accuracy
+    from ..data.synthetic import twin_indices
+    from ..metrics import motion_direction_accuracy
     from ..models.factory import create_model
     from .checkpoint import find_latest
     from .evaluate import evaluate
-    from .train import main as train_main
+    from .train import train
 
     start = time.time()
-    code = train_main(["--config", recipe, *overrides])
-    if code:
-        raise RuntimeError(f"training {recipe} failed with exit code {code}")
-    train_time = time.time() - start
     cfg = load_config(recipe, overrides)
+    train(cfg)
+    train_time = time.time() - start
     checkpoint = find_latest(cfg.train.output_dir)
     model = create_model(cfg.model, pretrained=str(checkpoint)).to(device)
     report, sim = evaluate(cfg, model, device, show_progress=False, return_similarity=True)
     records = read_list(cfg.data.test_list)
-    report["motion_accuracy"] = motion_direction_accuracy(sim, records)
+    report["motion_accuracy"] = motion_direction_accuracy(sim, twin_indices(records))
     report["train_time_s"] = round(train_time, 1)
     report["checkpoint"] = str(checkpoint)
     return report
 
 
-def run_search(demo: DictConfig, data_dir: Path, device: torch.device) -> Dict[str, Any]:
+def run_search(demo: DictConfig, data_dir: Path, device: torch.device, config_dir: Optional[Path] = None
+               ) -> Dict[str, Any]:
     """Extract the test videos with the search recipe's model and answer the demo queries (HTML page)."""
     from ..models.factory import create_model
     from .checkpoint import find_latest
@@ -105,10 +120,14 @@ def run_search(demo: DictConfig, data_dir: Path, device: torch.device) -> Dict[s
     from .search import VideoSearcher
     from .search_html import write_results_page
 
-    recipe = demo.search_recipe or demo.recipes[0]
+    recipe = resolve_recipe(demo.search_recipe or demo.recipes[0], config_dir)
     run_dir = Path(demo.out_dir) / "runs" / _recipe_name(recipe)
     cfg = load_config(recipe, recipe_overrides(demo, data_dir, run_dir))
-    checkpoint = str(find_latest(run_dir))
+    latest = find_latest(run_dir)
+    if latest is None:
+        raise ConfigError(f"demo.search_recipe {recipe}: no checkpoint in {run_dir}; the search recipe must also be "
+                          "listed in demo.recipes (trained first)")
+    checkpoint = str(latest)
     model = create_model(cfg.model, pretrained=checkpoint).to(device).eval()
     emb_dir = Path(demo.out_dir) / "embeddings"
     if emb_dir.exists():
@@ -138,21 +157,33 @@ def results_table(reports: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(cfg: DictConfig) -> Dict[str, Any]:
-    """Everything the demo does; returns the results (also written under ``demo.out_dir``)."""
+def run_demo(cfg: DictConfig, config_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Everything the demo does; returns the results (also written under ``demo.out_dir``).
+
+    Args:
+        cfg: resolved config with a ``demo`` section (``configs/demo.yaml``).
+        config_dir: folder of the demo config; relative recipe paths missing from the current folder are looked up
+            there, then among the packaged configs.
+    """
     demo = cfg.demo
     if not demo.recipes:
         raise ValueError("demo.recipes is empty: list the experiment configs to train (see configs/demo.yaml)")
+    recipes = [resolve_recipe(r, config_dir) for r in demo.recipes]  # fail before any work when one is missing
+    if demo.queries and demo.search_recipe:
+        search = _recipe_name(resolve_recipe(demo.search_recipe, config_dir))
+        if search not in {_recipe_name(r) for r in recipes}:
+            raise ConfigError(f"demo.search_recipe={demo.search_recipe} is not among demo.recipes: the search uses "
+                              "that recipe's trained model, so list it there too (or set demo.queries=[])")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()
     data_dir = prepare_data(demo, cfg.train.seed)
     reports = {}
-    for recipe in demo.recipes:
+    for recipe in recipes:
         name = _recipe_name(recipe)
         _logger.info("=== %s ===", name)
         run_dir = Path(demo.out_dir) / "runs" / name
         reports[name] = train_and_evaluate(recipe, recipe_overrides(demo, data_dir, run_dir), device)
-    search = run_search(demo, data_dir, device) if demo.queries else None
+    search = run_search(demo, data_dir, device, config_dir) if demo.queries else None
     out = Path(demo.out_dir)
     table = results_table(reports)
     summary = {"reports": reports, "search": search, "total_time_s": round(time.time() - start, 1),
@@ -161,21 +192,3 @@ def run_demo(cfg: DictConfig) -> Dict[str, Any]:
     (out / "results.md").write_text(table + "\n")
     return summary
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..logging_utils import setup_logging
-
-    setup_logging()
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    summary = run_demo(cfg)
-    print("\nvidclip demo: synthetic moving-shapes retrieval (test split)\n")
-    print(summary["table"])
-    print("\nmotion acc. = share of direction queries whose video outscores its time-reversed twin (chance 50%)")
-    if summary["search"]:
-        for query, hits in summary["search"]["results"].items():
-            top = hits[0] if hits else None
-            print(f"search '{query}': top hit {top['video_id'] if top else '-'}")
-        print(f"HTML search page: {summary['search']['html']}")
-    print(f"total time {summary['total_time_s']:.0f} s; results in {Path(cfg.demo.out_dir) / 'results.md'}")
-    return 0

@@ -8,7 +8,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..heads.base import Features
+from ..features import Features
 from ..tokenizer import tokenize
 
 _logger = logging.getLogger(__name__)

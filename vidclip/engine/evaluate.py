@@ -1,4 +1,4 @@
-"""Retrieval evaluation: ``python tools/eval_retrieval.py --config C [--checkpoint P | --embeddings DIR] [k=v ...]``.
+"""Retrieval evaluation behind ``tools/eval_retrieval.py --config C [--checkpoint P | --embeddings DIR] [k=v ...]``.
 
 Videos are decoded once each (multi-caption lists included) and encoded in batches; texts are encoded once; the
 similarity matrix is built chunk by chunk by the head (bounded memory); videos that fail to decode get NaN columns,
@@ -8,42 +8,28 @@ is opt-in and always labelled, with the raw numbers reported beside it. Zero-sho
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import random
 import resource
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig
 
-from ..config import load_config, to_container
-from ..data.builders import build_dataset, build_eval_loader
+from ..config import to_container
+from ..data.builders import build_dataset
 from ..data.lists import read_list
-from ..heads.base import Features
-from ..metrics import format_metrics_table, retrieval_metrics
+from ..data.loaders import build_eval_loader
+from ..features import Features
+from ..io import atomic_write_json
+from ..metrics import retrieval_metrics
 from ..ops.similarity import chunked_similarity
 from .checkpoint import ensure_writable_dir
 from .encode import EncodedVideos, encode_texts, encode_video_loader, scatter_similarity
 
 _logger = logging.getLogger(__name__)
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="eval_retrieval", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (see configs/)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="vidclip checkpoint (run dir, step dir or model.safetensors)")
-    source.add_argument("--embeddings", help="directory written by tools/extract_embeddings.py")
-    parser.add_argument("--output", help="metrics.json path (default: eval.output or <train.output_dir>/metrics.json)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    return parser.parse_args(argv)
 
 
 def _peak_memory_mb(device: torch.device) -> Dict[str, float]:
@@ -100,10 +86,11 @@ def compute_similarity(cfg: DictConfig, model, text_feats: Features, videos: Enc
 
 def _postprocess(cfg, model, sim, videos, num_videos, device):
     from ..postprocess import apply_postprocess
+    from ..registry import POSTPROCESSORS
 
     name = cfg.eval.postprocess
     bank_sim = None
-    if name in ("qbnorm", "sknorm"):
+    if POSTPROCESSORS.info(name, "needs_query_bank", False):
         bank_feats = encode_texts(model, _bank_texts(cfg), device, show_progress=True)
         bank_sim = compute_similarity(cfg, model, bank_feats, videos, num_videos, device)
     return apply_postprocess(name, sim, bank_sim=bank_sim, logit_scale=float(model.logit_scale.exp()))
@@ -157,37 +144,29 @@ def evaluate(cfg: DictConfig, model, device: torch.device, embeddings: Optional[
     return (report, sim) if return_similarity else report
 
 
-def write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+def run_evaluation(cfg: DictConfig, checkpoint: Optional[str] = None, embeddings: Optional[str] = None,
+                   output: Optional[str] = None, device: Optional[str] = None) -> Tuple[Dict[str, Any], Path]:
+    """What ``tools/eval_retrieval.py`` does: build the model, evaluate, write ``metrics.json``.
 
+    Args:
+        cfg: resolved config.
+        checkpoint: vidclip checkpoint (run dir, step dir or model.safetensors); default ``model.pretrained``.
+        embeddings: directory written by extraction, used instead of encoding the videos.
+        output: metrics.json path (default ``eval.output`` or ``<train.output_dir>/metrics.json``).
+        device: torch device name (default: cuda if available, else cpu).
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..logging_utils import setup_logging
+    Returns:
+        ``(report, path of the metrics.json written)``.
+    """
     from ..models.factory import create_model
 
-    setup_logging()
-    args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out = Path(args.output or cfg.eval.output or Path(cfg.train.output_dir) / "metrics.json")
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(output or cfg.eval.output or Path(cfg.train.output_dir) / "metrics.json")
     ensure_writable_dir(out.parent, "eval.output (or --output) folder")
-    pretrained = args.checkpoint or cfg.model.pretrained
-    model = create_model(cfg.model, pretrained=pretrained).to(device)
-    report = evaluate(cfg, model, device, embeddings=args.embeddings)
-    report["checkpoint"] = args.checkpoint
-    report["embeddings"] = args.embeddings
+    model = create_model(cfg.model, pretrained=checkpoint or cfg.model.pretrained).to(torch_device)
+    report = evaluate(cfg, model, torch_device, embeddings=embeddings)
+    report["checkpoint"] = checkpoint
+    report["embeddings"] = embeddings
     report["config"] = to_container(cfg)
-    write_json_atomic(report, out)
-    title = f"{cfg.data.dataset} {report['split']} | head {report['head']} | post-processing {report['postprocess']}"
-    print(title)
-    if "raw" in report:
-        print("without post-processing:\n" + format_metrics_table(report["raw"]))
-        print(f"with {report['postprocess']}:")
-    print(format_metrics_table({"t2v": report["t2v"], "v2t": report["v2t"]}))
-    print(f"videos {report['num_videos']} (failed {report['num_failed_videos']}), texts {report['num_texts']}, "
-          f"{report['timing_s']['total']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB -> {out}")
-    return 0
+    atomic_write_json(out, report)
+    return report, out

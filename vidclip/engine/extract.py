@@ -1,4 +1,4 @@
-"""Offline video embeddings: ``python tools/extract_embeddings.py --config C --videos DIR_OR_LIST --out DIR``.
+"""Offline video embeddings behind ``python tools/extract_embeddings.py --config C --videos DIR_OR_LIST --out DIR``.
 
 Output layout (architecture.md §3)::
 
@@ -16,11 +16,9 @@ error and never stop the run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +29,14 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..config import load_config, save_config
+from ..config import save_config
 from ..data.builders import build_sampler, build_transform
 from ..data.collate import make_collate
 from ..data.dataset import VideoTextDataset
 from ..data.lists import VideoRecord, read_list
 from ..errors import VidclipError
-from ..heads.base import Features
+from ..features import Features
+from ..io import atomic_write
 from .encode import encode_video_loader
 
 _logger = logging.getLogger(__name__)
@@ -89,20 +88,6 @@ def shard_name(index: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ writing
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _shard_complete(out: Path, index: int) -> bool:
     """Both files of the shard exist (the manifest part is renamed last, so it marks completion)."""
     base = out / SHARD_DIR / shard_name(index)
@@ -113,10 +98,10 @@ def _write_shard(out: Path, index: int, features: Features, lines: List[dict]) -
     base = out / SHARD_DIR / shard_name(index)
     tensors = {k: v.contiguous() for k, v in features.items()}
     # one metadata key only: safetensors writes metadata from a hash map, so several keys have no stable order
-    _atomic_write_bytes(base.with_suffix(".safetensors"),
+    atomic_write(base.with_suffix(".safetensors"),
                         lambda tmp: save_file(tensors, tmp, metadata={"format": "vidclip-embeddings"}))
     text = "".join(json.dumps(line) + "\n" for line in lines)
-    _atomic_write_bytes(base.with_suffix(".jsonl"), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(base.with_suffix(".jsonl"), lambda tmp: Path(tmp).write_text(text))
 
 
 def _extract_shard(cfg: DictConfig, model, records: List[VideoRecord], root: str, start: int, index: int,
@@ -150,7 +135,7 @@ def _write_manifest(out: Path, num_shards: int) -> Tuple[int, int]:
     for index in range(num_shards):
         part = (out / SHARD_DIR / shard_name(index)).with_suffix(".jsonl")
         lines.extend(part.read_text().splitlines())
-    _atomic_write_bytes(out / "manifest.jsonl", lambda tmp: Path(tmp).write_text("".join(x + "\n" for x in lines)))
+    atomic_write(out / "manifest.jsonl", lambda tmp: Path(tmp).write_text("".join(x + "\n" for x in lines)))
     failed = sum(1 for x in lines if json.loads(x)["status"] == "failed")
     return len(lines), failed
 
@@ -187,18 +172,6 @@ def load_embeddings(directory: str, keys: Optional[Sequence[str]] = None) -> Cac
 
 
 # ------------------------------------------------------------------------------------------------------ driver
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="extract_embeddings", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (model + preprocessing)")
-    parser.add_argument("--videos", required=True, help="folder of videos (recursive) or a JSONL data list")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--checkpoint", help="vidclip checkpoint or open_clip weights (default: model.pretrained)")
-    parser.add_argument("--shard-size", type=int, default=None, help="videos per shard (default extract.shard_size)")
-    parser.add_argument("--resume", action="store_true", help="skip shards already written")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    return parser.parse_args(argv)
-
-
 def _check_out_dir(out: Path, resume: bool) -> None:
     if (out / "manifest.jsonl").exists() or (out / SHARD_DIR).exists():
         if not resume:
@@ -227,7 +200,7 @@ def run_extraction(cfg: DictConfig, model, videos: str, out: Path, resume: bool,
             stale.unlink()
         save_config(cfg, out)
         identity = dict(model.model_info(), checkpoint=checkpoint, videos_root=root)
-        _atomic_write_bytes(out / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(identity, indent=2)))
+        atomic_write(out / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(identity, indent=2)))
     if accelerator:
         accelerator.wait_for_everyone()
     mine = [i for i in range(rank, len(ranges), world) if not (resume and _shard_complete(out, i))]
@@ -256,22 +229,29 @@ def run_extraction(cfg: DictConfig, model, videos: str, out: Path, resume: bool,
     return summary
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def extract_embeddings(cfg: DictConfig, videos: str, out: Path, checkpoint: Optional[str] = None,
+                       resume: bool = False) -> Dict[str, object]:
+    """What ``tools/extract_embeddings.py`` does, on every process of a launch (accelerate / torchrun or plain).
+
+    Args:
+        cfg: resolved config (model, preprocessing, ``extract.shard_size``).
+        videos: folder of videos (recursive) or a JSONL data list.
+        out: output directory.
+        checkpoint: vidclip checkpoint or open_clip weights (default ``model.pretrained``).
+        resume: skip shards already written.
+
+    Returns:
+        the summary of :func:`run_extraction`, plus ``is_main_process``.
+    """
     from accelerate import Accelerator
 
-    from ..logging_utils import setup_logging
     from ..models.factory import create_model
 
-    args = parse_args(argv)
     # CPU-only multi-process launches (torchrun) need cpu=True for accelerate to pick gloo
     cpu_distributed = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(cpu=cpu_distributed)
-    setup_logging(main_process=accelerator.is_main_process)
-    overrides = list(args.overrides) + ([f"extract.shard_size={args.shard_size}"] if args.shard_size else [])
-    cfg = load_config(args.config, overrides)
-    pretrained = args.checkpoint or cfg.model.pretrained
+    pretrained = checkpoint or cfg.model.pretrained
     model = create_model(cfg.model, pretrained=pretrained).to(accelerator.device).eval()
-    summary = run_extraction(cfg, model, args.videos, Path(args.out), args.resume, accelerator, pretrained)
-    if accelerator.is_main_process:
-        print(f"extracted {summary['manifest_lines']} videos ({summary['failed']} failed) into {args.out}")
-    return 0
+    summary = run_extraction(cfg, model, videos, Path(out), resume, accelerator, pretrained)
+    summary["is_main_process"] = accelerator.is_main_process
+    return summary

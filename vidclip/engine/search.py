@@ -1,4 +1,4 @@
-"""Text-to-video search: ``python tools/search.py --index DIR --query "text" [--k 10] [--rerank] [--html F] [--json]``.
+"""Text-to-video search behind ``tools/search.py --index DIR --query "text" [--k 10] [--rerank] [--html F] [--json]``.
 
 Stage 1: a FAISS index over the cached pooled embeddings (exact inner product by default; ``--index-type`` picks an
 approximate one for collections in the millions). Stage 2 (``--rerank``): the model's head re-scores the top
@@ -7,19 +7,18 @@ it reproduces the coarse score). The index is saved next to the embeddings and r
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 import torch
 
 from ..config import load_config
-from ..heads.base import l2_normalize
+from ..features import l2_normalize
 from .extract import CachedEmbeddings, load_embeddings
 
 _logger = logging.getLogger(__name__)
@@ -132,39 +131,3 @@ class VideoSearcher:
         path = Path(hit.path)
         return path if path.is_absolute() else Path(self.videos_root) / path
 
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="search", description=__doc__.split("\n")[0])
-    parser.add_argument("--index", required=True, help="directory written by tools/extract_embeddings.py")
-    parser.add_argument("--query", required=True, action="append", help="text query (repeat for several)")
-    parser.add_argument("--k", type=int, default=10, help="results per query")
-    parser.add_argument("--rerank", action="store_true", help="re-score the top candidates with the model's head")
-    parser.add_argument("--rerank-k", type=int, default=100, help="candidates re-scored with --rerank")
-    parser.add_argument("--index-type", default="flat", choices=INDEX_TYPES, help="FAISS index (flat = exact)")
-    parser.add_argument("--checkpoint", help="override the checkpoint recorded at extraction")
-    parser.add_argument("--html", help="write a self-contained results page with thumbnails")
-    parser.add_argument("--thumbnails", type=int, default=5, help="thumbnails per hit in the HTML page")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return parser.parse_args(argv)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from ..logging_utils import setup_logging
-    from .search_html import write_results_page
-
-    setup_logging(level=logging.WARNING)
-    args = parse_args(argv)
-    searcher = VideoSearcher(args.index, args.index_type, checkpoint=args.checkpoint)
-    results = {q: searcher.search(q, args.k, args.rerank, args.rerank_k) for q in args.query}
-    if args.json:
-        print(json.dumps({q: [h.__dict__ for h in hits] for q, hits in results.items()}, indent=2))
-    else:
-        for query, hits in results.items():
-            print(f"query: {query}" + ("  (re-ranked)" if args.rerank else ""))
-            for h in hits:
-                print(f"  {h.rank:>3}  {h.score:8.4f}  {h.video_id:<30} {h.path}")
-    if args.html:
-        write_results_page(Path(args.html), results, searcher.resolve_path, args.thumbnails, args.rerank)
-        if not args.json:
-            print(f"results page: {args.html}")
-    return 0

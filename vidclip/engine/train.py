@@ -1,4 +1,4 @@
-"""Training loop: ``python tools/train.py --config C [--resume [auto|PATH]] [key=value ...]``.
+"""Training loop behind ``python tools/train.py --config C [--resume [auto|PATH]] [key=value ...]``.
 
 The same script runs as one process or under ``accelerate launch --num_processes N`` (DDP; gloo with ``--cpu``).
 
@@ -21,25 +21,24 @@ The same script runs as one process or under ``accelerate launch --num_processes
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..config import load_config, save_config, to_container
+from ..config import save_config, to_container
+from ..data.loaders import build_train_loader
 from ..distributed import make_feature_gather
 from ..errors import CheckpointError, ConfigError, NonFiniteError
+from ..objective import build_objective
 from .checkpoint import CheckpointManager, ensure_writable_dir, find_latest
 from .optim import clamp_logit_scale, create_optimizer, create_scheduler, current_lrs, freeze_backbone_layers
 
@@ -64,77 +63,7 @@ class TrainState:
         return cls(**known)
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation that depends only on ``seed`` and the epoch (set with :meth:`set_epoch`)."""
-
-    def __init__(self, num_items: int, seed: int):
-        self.num_items = num_items
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(torch.randperm(self.num_items, generator=self._generator()).tolist())
-
-    def __len__(self) -> int:
-        return self.num_items
-
-
-class GroupedEpochShuffleSampler(EpochShuffleSampler):
-    """A shuffle where the items of one group fall into the same batch of ``batch_size`` (``data.group_by_meta``).
-
-    Per (seed, epoch): groups are shuffled, the items of each group shuffled, and groups packed first-fit into
-    batches of ``batch_size`` consecutive positions (a group larger than a batch is cut into batch-sized pieces).
-    Full batches come in the order they fill up; the partly filled ones follow at the end, where ``drop_last`` drops
-    the incomplete last batch. Every item appears exactly once per epoch. Under several processes pass the global
-    batch (see :func:`build_train_sampler`): a group may then straddle two processes' slices, which the gathered
-    contrastive loss sees as one batch.
-    """
-
-    def __init__(self, groups: Sequence[Sequence[int]], batch_size: int, seed: int):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.groups = [list(g) for g in groups if len(g)]
-        self.batch_size = int(batch_size)
-        super().__init__(sum(len(g) for g in self.groups), seed)
-
-    def __iter__(self) -> Iterator[int]:
-        generator = self._generator()
-        order: list[int] = []
-        open_batches: list[list[int]] = []
-        for g in torch.randperm(len(self.groups), generator=generator).tolist():
-            items = [self.groups[g][i] for i in torch.randperm(len(self.groups[g]), generator=generator).tolist()]
-            for start in range(0, len(items), self.batch_size):
-                piece = items[start:start + self.batch_size]
-                batch = next((b for b in open_batches if len(b) + len(piece) <= self.batch_size), None)
-                if batch is None:
-                    batch = []
-                    open_batches.append(batch)
-                batch.extend(piece)
-                if len(batch) == self.batch_size:
-                    order.extend(batch)
-                    open_batches.remove(batch)
-        for batch in open_batches:
-            order.extend(batch)
-        return iter(order)
-
-
 # ------------------------------------------------------------------------------------------------------ set-up
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="train", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (see configs/)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="'auto' (default when given without value): newest checkpoint of train.output_dir, "
-                             "or a run directory / checkpoint folder")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    return parser.parse_args(argv)
-
-
 def create_accelerator(cfg: DictConfig):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.utils import is_tensorboard_available
@@ -172,40 +101,6 @@ def validation_list(cfg: DictConfig) -> str | None:
     return val or None
 
 
-def build_train_sampler(cfg: DictConfig, dataset, num_processes: int = 1) -> Sampler[int]:
-    """Epoch shuffle; with ``data.group_by_meta`` one that keeps each group (e.g. reversed twins) in one batch.
-
-    Groups are packed into *global* batches (``train.batch_size x num_processes`` consecutive items, which
-    accelerate deals out one ``batch_size`` slice per process and the loss gathers again), so the order, and the
-    training, is the same for any number of processes at the same global batch.
-    """
-    from ..data.builders import batch_groups
-
-    if cfg.data.group_by_meta:
-        groups = batch_groups(dataset, cfg.data.group_by_meta)
-        return GroupedEpochShuffleSampler(groups, cfg.train.batch_size * num_processes, cfg.train.seed)
-    return EpochShuffleSampler(len(dataset), cfg.train.seed)
-
-
-def build_train_loader(cfg: DictConfig, dataset, num_processes: int = 1) -> DataLoader:
-    """Shuffled, ``drop_last`` loader whose order depends only on seed + epoch (and the global batch when grouped)."""
-    from ..data.collate import make_collate
-
-    workers = cfg.data.num_workers
-    generator = torch.Generator().manual_seed(cfg.train.seed)  # worker base seeds; re-seeded every epoch
-    return DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        sampler=build_train_sampler(cfg, dataset, num_processes),
-        drop_last=True,
-        num_workers=workers,
-        collate_fn=make_collate(cfg.model.context_length),
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
-        generator=generator,
-    )
-
-
 def total_steps_for(cfg: DictConfig, batches_per_epoch: int) -> int:
     """Optimiser steps of the run: ``train.max_steps`` or epochs x ceil(batches / accumulation)."""
     if cfg.train.max_steps:
@@ -234,7 +129,7 @@ class Trainer:
     def __init__(self, cfg: DictConfig, resume: str | None = None):
         from accelerate.utils import set_seed
 
-        from .. import create_model
+        from ..models.factory import create_model
         from ..data.builders import build_dataset
 
         self.cfg = cfg
@@ -247,7 +142,7 @@ class Trainer:
         loader = build_train_loader(cfg, self.dataset, acc.num_processes)
         self.loader_generator = loader.generator  # accelerate's loader keeps the same object
         model = create_model(cfg.model, pretrained=cfg.model.pretrained)
-        model.set_loss_config(cfg.train.loss)
+        self.objective = build_objective(model, cfg.train.loss)
         freeze_backbone_layers(model, cfg.train.freeze_layers)
         optimizer = create_optimizer(model, cfg.train)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
@@ -359,7 +254,7 @@ class Trainer:
             return False
         t0 = time.perf_counter()
         with acc.accumulate(self.model):
-            losses = self.model(batch, gather=self.gather)
+            losses = self.objective(self.model, batch, gather=self.gather)
             self._check_finite(losses)
             acc.backward(losses["loss"])
             if acc.sync_gradients and self.cfg.train.grad_clip > 0:
@@ -442,7 +337,8 @@ class Trainer:
 def run_validation(cfg: DictConfig, model, val_list: str, device: torch.device, step: int,
                    run_dir: Path) -> dict[str, Any]:
     """Evaluate ``model`` on ``val_list`` and record the result (``metrics_step_<N>.json``, ``val_history.jsonl``)."""
-    from .evaluate import evaluate, write_json_atomic
+    from ..io import atomic_write_json
+    from .evaluate import evaluate
 
     val_cfg = cfg.copy()
     val_cfg.data.val_list = val_list
@@ -451,7 +347,7 @@ def run_validation(cfg: DictConfig, model, val_list: str, device: torch.device, 
     report = evaluate(val_cfg, model, device, show_progress=False)
     model.train(was_training)
     report["step"] = step
-    write_json_atomic(report, run_dir / f"metrics_step_{step}.json")
+    atomic_write_json(run_dir / f"metrics_step_{step}.json", report)
     line = {"step": step, "t2v": report["t2v"], "v2t": report["v2t"], "num_videos": report["num_videos"],
             "num_failed_videos": report["num_failed_videos"]}
     with open(run_dir / "val_history.jsonl", "a") as f:
@@ -494,16 +390,4 @@ def train(cfg: DictConfig, resume: str | None = None) -> dict[str, Any]:
     return Trainer(cfg, resume=resume).fit()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from ..logging_utils import setup_logging
-
-    args = parse_args(argv)
-    setup_logging(main_process=int(os.environ.get("RANK", "0")) == 0)  # before accelerate's state exists
-    cfg = load_config(args.config, args.overrides)
-    train(cfg, resume=args.resume)
-    return 0
-
-
-__all__: list[str] = ["main", "train", "Trainer", "TrainState", "EpochShuffleSampler", "GroupedEpochShuffleSampler",
-                      "build_train_sampler", "validation_list",
-                      "run_validation", "total_steps_for"]
+__all__: list[str] = ["train", "Trainer", "TrainState", "validation_list", "run_validation", "total_steps_for"]

@@ -13,73 +13,66 @@ Rules:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-Features = Dict[str, torch.Tensor]
+from ..features import (  # noqa: F401  (re-exported: heads import their types from here)
+    Features,
+    TextEncoderOutput,
+    VideoEncoderOutput,
+    l2_normalize,
+    masked_mean,
+    num_rows,
+    slice_features,
+)
 
 
-@dataclass
-class VideoEncoderOutput:
-    """Video side as the encoders produce it, before any head."""
+def resolve_head_kwargs(head_cls: type, head_cfg: Any, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Constructor kwargs of a head: ``PRESETS[model.head.preset]`` overlaid by ``model.head.kwargs``, plus the model
+    facts (e.g. ``embed_dim``, ``max_words``) that the constructor accepts and the config does not set.
 
-    frames: torch.Tensor  # (B, T, D) per-frame CLS after ln_post @ proj, not normalised
-    temporal: torch.Tensor  # (B, T, D) after the temporal module (equal to ``frames`` for mean pooling)
-    mask: torch.Tensor  # (B, T) bool, True = real frame
-    patches: Optional[torch.Tensor] = None  # (B, T, N, D) patch tokens after ln_post @ proj, when enabled
+    This is the only place head kwargs are resolved and validated (config validation and model assembly call it).
 
-
-@dataclass
-class TextEncoderOutput:
-    """Text side as the encoder produces it, before any head."""
-
-    pooled: torch.Tensor  # (B, D) EOT token after ln_final @ text_projection, not normalised
-    tokens: torch.Tensor  # (B, L, D) every token after ln_final @ text_projection
-    mask: torch.Tensor  # (B, L) bool, True = real token (SOT..EOT)
-
-
-def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Tensor:
-    """``x / max(||x||, eps)``: zero vectors stay zero instead of becoming NaN."""
-    return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Mean of ``x`` over ``dim`` counting only positions where ``mask`` is True (all-masked rows give zeros)."""
-    m = mask.to(x.dtype)
-    while m.dim() < x.dim():
-        m = m.unsqueeze(-1)
-    return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
-
-
-def slice_features(feats: Features, start: int, end: int) -> Features:
-    """Rows ``start:end`` of every tensor (a chunk of texts or videos)."""
-    return {k: v[start:end] for k, v in feats.items()}
-
-
-def check_head_kwargs(head_cls: type, model_cfg: Any) -> None:
-    """Raise ``ConfigError`` when ``model.head.kwargs`` holds a key the head's constructor does not accept."""
+    Raises:
+        ConfigError: unknown preset, or a key the head's constructor does not accept.
+    """
     import inspect
+
+    from omegaconf import OmegaConf
 
     from ..errors import ConfigError
 
+    name, preset = head_cfg.name, head_cfg.get("preset") if hasattr(head_cfg, "get") else head_cfg.preset
+    presets = getattr(head_cls, "PRESETS", {})
+    if preset is not None and preset not in presets:
+        raise ConfigError(f"model.head.preset='{preset}' is not a preset of head '{name}'. Available: "
+                          f"{', '.join(sorted(presets)) or 'none'} (or null for the constructor defaults)")
+    given = head_cfg.kwargs
+    given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) else dict(given or {})
+    kwargs = {**(presets[preset] if preset is not None else {}), **given}
     params = inspect.signature(head_cls.__init__).parameters
-    valid = [name for name in params if name not in ("self", "args", "kwargs")]
-    unknown = sorted(str(key) for key in (model_cfg.head.kwargs or {}) if key not in valid)
+    valid = [p for p in params if p not in ("self", "args", "kwargs")]
+    unknown = sorted(str(key) for key in kwargs if key not in valid)
     if unknown:
-        raise ConfigError(f"model.head.kwargs: unknown key(s) {unknown} for head '{model_cfg.head.name}'. "
+        raise ConfigError(f"model.head.kwargs: unknown key(s) {unknown} for head '{name}'. "
                           f"Valid keys: {', '.join(valid)}")
+    for key, value in (facts or {}).items():
+        if key in valid and key not in kwargs:
+            kwargs[key] = value
+    return kwargs
 
 
-def num_rows(feats: Features) -> int:
-    return int(feats["pooled"].shape[0])
+def check_head_kwargs(head_cls: type, model_cfg: Any) -> None:
+    """Raise ``ConfigError`` when ``model.head`` (preset + kwargs) does not fit the head's constructor."""
+    resolve_head_kwargs(head_cls, model_cfg.head)
 
 
 class Head(nn.Module):
     """Base class of alignment heads. Subclasses register with ``@HEADS.register("name")``."""
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}  # named kwargs sets; "reference" = the reference code
     needs_patch_tokens: ClassVar[bool] = False  # the encoder must output patch tokens
     video_feature_keys: ClassVar[tuple] = ("pooled",)  # keys cached by extraction (re-ranking needs them all)
 
@@ -93,15 +86,20 @@ class Head(nn.Module):
         """``(N_t, N_v)`` scores in cosine units."""
         raise NotImplementedError
 
-    def aux_losses(self, text_feats: Features, video_feats: Features) -> Dict[str, torch.Tensor]:
+    def aux_losses(self, text_feats: Features, video_feats: Features) -> dict[str, torch.Tensor]:
         """Named auxiliary losses on aligned pairs (text row i <-> video row i); empty by default."""
         return {}
 
     @classmethod
     def check_config(cls, model_cfg: Any) -> None:
-        """Raise ``ConfigError`` when the model config cannot feed this head (called before any work starts)."""
+        """Raise ``ConfigError`` when the model config cannot feed this head (called before any work starts).
+
+        Checks ``model.head`` (preset + kwargs) against the constructor; subclasses add checks after
+        ``super().check_config(model_cfg)``.
+        """
         from ..errors import ConfigError
 
+        check_head_kwargs(cls, model_cfg)
         if cls.needs_patch_tokens and not model_cfg.patch_tokens:
             raise ConfigError(
                 f"head '{model_cfg.head.name}' needs patch tokens but model.patch_tokens is false: "

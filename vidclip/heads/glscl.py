@@ -15,14 +15,14 @@ Video features (cacheable, text independent): ``pooled``, ``frames`` (temporal f
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..registry import HEADS
-from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, check_head_kwargs, l2_normalize, masked_mean
+from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_normalize, masked_mean
 
 ICL_NORMALIZATIONS = ("reference", "batch_mean")
 
@@ -145,9 +145,4 @@ class GLSCLHead(Head):
         cross = cross / (video_q.shape[1] if self.icl_normalization == "reference" else video_q.shape[0])
         mse = F.mse_loss(video_q.mean(0), text_q.mean(0))
         return mse + self.beta * ((cross.diagonal() - self.icl_target) ** 2).sum()
-
-    @classmethod
-    def check_config(cls, model_cfg: Any) -> None:
-        super().check_config(model_cfg)
-        check_head_kwargs(cls, model_cfg)
 

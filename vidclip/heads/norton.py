@@ -19,14 +19,14 @@ rectified targets live in vidclip.ops.ot.rectified_targets (enabled by ``train.l
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from ..ops.ot import bucket_plan
 from ..registry import HEADS
-from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, check_head_kwargs, l2_normalize, masked_mean
+from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_normalize, masked_mean
 
 FINE_MODES = ("ot+lse", "ot", "lse")
 
@@ -166,11 +166,6 @@ class NortonHead(Head):
         plan = bucket_plan(flat, self.bucket_values(flat, valid), self.ot_epsilon, self.ot_iters, row_mask, col_mask,
                            mass=1.0, grad="autodiff" if self.plan_grad else "detach")  # (G, L, T)
         return (plan * flat.masked_fill(~valid, 0.0)).sum((1, 2)).reshape(nt, nv)
-
-    @classmethod
-    def check_config(cls, model_cfg: Any) -> None:
-        super().check_config(model_cfg)
-        check_head_kwargs(cls, model_cfg)
 
 
 def paragraph_similarity(sentence_feats: torch.Tensor, clip_feats: torch.Tensor,

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..registry import HEADS
-from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, check_head_kwargs, l2_normalize, masked_mean
+from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_normalize, masked_mean
 
 LEVELS = ("vs", "sf", "pw")
 EVAL_TOPK_MODES = ("hard", "perturbed")
@@ -206,7 +206,6 @@ class UCoFiAHead(Head):
         from ..errors import ConfigError
 
         super().check_config(model_cfg)
-        check_head_kwargs(cls, model_cfg)
         kwargs = model_cfg.head.kwargs or {}
         max_words = kwargs.get("max_words", model_cfg.context_length)
         if max_words < model_cfg.context_length:

@@ -14,6 +14,10 @@ from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_norm
 
 @HEADS.register("vifi")
 class ViFiHead(Head):
+    """Mean pooling + cosine. Presets: ``reference`` = ViFi-CLIP (raw frames averaged); ``clip4clip_meanp`` =
+    CLIP4Clip meanP and Prompt Switch (normalised frames averaged)."""
+
+    PRESETS = {"reference": {"normalize_frames": False}, "clip4clip_meanp": {"normalize_frames": True}}
     video_feature_keys = ("pooled",)
 
     def __init__(self, normalize_frames: bool = True):

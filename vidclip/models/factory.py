@@ -15,7 +15,6 @@ pretrained text blocks and ``logit_scale`` starts at the pretrained CLIP value.
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -26,10 +25,10 @@ from torch import nn
 from ..config import MODEL_CONFIG_DIR, ModelCfg, model_config_from_arch
 from ..errors import CheckpointError, ConfigError
 from .video_text_model import VideoTextModel
+from .weights import load_open_clip_weights, load_vidclip_weights, vidclip_weights_file
 
 _logger = logging.getLogger(__name__)
 
-_JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -105,105 +104,6 @@ def download_open_clip_weights(clip_cfg, tag: str) -> Path:
     return Path(path)
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    import zipfile
-
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
-
-
-def read_open_clip_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
-    """State dict of an open_clip weight file: safetensors, torch pickles, or OpenAI JIT archives."""
-    from open_clip.factory import load_state_dict
-
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        if _is_torchscript_archive(path):  # OpenAI JIT archive (e.g. ViT-B-32.pt)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the only reader
-                state = torch.jit.load(str(path), map_location="cpu").state_dict()
-            return {k: v for k, v in state.items() if k not in _JIT_EXTRA_KEYS}
-        return load_state_dict(str(path), weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read open_clip weights ({exc}). Expected a .pt/.pth/.bin state dict, "
-                              "a .safetensors file or an OpenAI JIT archive") from exc
-
-
-def check_shapes(expected: dict[str, torch.Size], found: dict[str, torch.Size], source: str) -> None:
-    """Raise ``CheckpointError`` naming the first key whose shape differs, and missing / unexpected keys."""
-    for key, shape in found.items():
-        if key in expected and tuple(expected[key]) != tuple(shape):
-            raise CheckpointError(f"{source}: shape mismatch for '{key}': the file has {tuple(shape)}, the model "
-                                  f"expects {tuple(expected[key])}. Were the weights made for another architecture?")
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: weights do not fit the model: {len(missing)} missing (e.g. {missing[:4]}), "
-                              f"{len(unexpected)} unexpected (e.g. {unexpected[:4]}). Check model.arch / "
-                              "model.clip.model_name")
-
-
-def load_open_clip_weights(clip: nn.Module, path: Union[str, Path]) -> None:
-    """Load an open_clip weight file into ``clip`` (strict; position embeddings resized as open_clip does)."""
-    from open_clip.model import resize_pos_embed, resize_text_pos_embed
-
-    state = read_open_clip_state_dict(path)
-    if next(iter(state), "").startswith("module."):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    model_state = clip.state_dict()
-    if "logit_scale" in state and "logit_scale" in model_state:
-        state["logit_scale"] = state["logit_scale"].reshape(model_state["logit_scale"].shape)
-    if "logit_bias" not in model_state:
-        state.pop("logit_bias", None)
-    buffers_not_saved = {name for name, _ in clip.named_buffers()} - set(model_state)  # e.g. attn_mask in JIT files
-    state = {k: v for k, v in state.items() if k not in buffers_not_saved}
-    resize_pos_embed(state, clip)
-    resize_text_pos_embed(state, clip)
-    check_shapes({k: v.shape for k, v in model_state.items()}, {k: v.shape for k, v in state.items()}, str(path))
-    clip.load_state_dict(state, strict=True)
-
-
-# ---------------------------------------------------------------------------------------------- vidclip weights
-def _vidclip_weights_file(path: Path) -> Path | None:
-    """The ``model.safetensors`` of a vidclip checkpoint at ``path``, or None when ``path`` is not one."""
-    from ..engine.checkpoint import read_weights_metadata, resolve_model_weights
-
-    if path.suffix not in ("", ".safetensors") and not path.is_dir():
-        return None
-    try:
-        file = resolve_model_weights(path)
-        is_vidclip = read_weights_metadata(file).get("format") == "vidclip"
-    except Exception:  # not a checkpoint folder / unreadable safetensors: try it as open_clip weights
-        return None
-    if not is_vidclip and path.is_dir():
-        raise CheckpointError(f"{file}: a safetensors file without the vidclip metadata marker; pass the file "
-                              "itself to load it as open_clip weights")
-    return file if is_vidclip else None
-
-
-def load_vidclip_weights(model: VideoTextModel, file: Path) -> dict[str, str]:
-    """Load a vidclip ``model.safetensors`` into ``model`` after checking every key and shape."""
-    from safetensors import safe_open
-
-    from ..engine.checkpoint import load_model_weights
-
-    with safe_open(str(file), framework="pt") as f:
-        found = {key: torch.Size(f.get_slice(key).get_shape()) for key in f.keys()}
-        meta = dict(f.metadata() or {})
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    arch = meta.get("arch") or "?"
-    check_shapes(expected, found, f"{file} (vidclip checkpoint of arch '{arch}', model arch '{model.cfg.arch}')")
-    return load_model_weights(model, file)
-
-
 # ------------------------------------------------------------------------------------------------------ factory
 def _apply_precision(model: VideoTextModel, precision: str) -> VideoTextModel:
     if precision not in _PRECISIONS:
@@ -237,7 +137,7 @@ def create_model(name_or_config: Union[str, Path, DictConfig, ModelCfg], pretrai
     cfg = _model_cfg(name_or_config, overrides)
     source = str(pretrained) if pretrained else None
     path = Path(source).expanduser() if source else None
-    vidclip_file = _vidclip_weights_file(path) if path is not None and path.exists() else None
+    vidclip_file = vidclip_weights_file(path) if path is not None and path.exists() else None
     clip = build_clip(cfg.clip)
     if source and vidclip_file is None:
         if path.exists():

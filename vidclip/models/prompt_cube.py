@@ -209,23 +209,22 @@ class PromptCaptioner(nn.Module):
         return self.decoder(tgt, memory, tgt_mask=causal, tgt_is_causal=True,
                             memory_key_padding_mask=padding)  # (B, L-1, E)
 
-    def loss(self, frame_embeds: torch.Tensor, text_tokens: torch.Tensor,
-             frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Weighted next-token cross-entropy (unweighted by the loss multiplier).
+    def scored_logits(self, frame_embeds: torch.Tensor, text_tokens: torch.Tensor,
+                      frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits of the scored positions and their targets, for :func:`vidclip.losses.caption_loss`.
 
         Args:
             frame_embeds: (B, T, E) un-normalised per-frame embeddings (the memory).
             text_tokens: (B, L) open_clip token ids (SOT ... EOT, zero padded).
             frame_mask: optional (B, T) bool, True = real frame; padded frames are hidden from the decoder.
 
-        Positions whose input token is EOT or padding are ignored (every position before the EOT counts); class
-        weights are 1 except ``frequent_word_weight`` for the frequent words; the mean is weighted
-        (``F.cross_entropy(weight=...)``), as the reference.
+        Returns:
+            ``(logits (M, V), targets (M,))``: positions whose input token is EOT or padding are left out (every
+            position before the EOT counts), so the (B, L, V) logits are never materialised.
         """
         tokens = text_tokens.to(frame_embeds.device)
         hidden = self._decode(frame_embeds, tokens, frame_mask)  # (B, L-1, E)
         eot = tokens.argmax(dim=-1)  # (B,) EOT has the largest id
         positions = torch.arange(tokens.shape[1] - 1, device=tokens.device)
         valid = positions.unsqueeze(0) < eot.unsqueeze(1)  # (B, L-1) input token before EOT
-        logits = self.caption_head(hidden[valid])  # (M, V): only scored positions, saves (B, L, V) memory
-        return F.cross_entropy(logits.float(), tokens[:, 1:][valid], weight=self.class_weights)
+        return self.caption_head(hidden[valid]), tokens[:, 1:][valid]  # (M, V), (M,)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +16,11 @@ _logger = logging.getLogger(__name__)
 @TEMPORAL.register("mean")
 class Identity(nn.Module):
     """Frames pass unchanged; the head averages them (CLIP4Clip meanP, ViFi-CLIP, Prompt Switch)."""
+
+    @classmethod
+    def from_config(cls, clip: nn.Module, temporal_cfg: Any) -> Identity:
+        """No parameters: ``clip`` and the config are not needed."""
+        return cls()
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Identity: ``frames`` (B, T, D) unchanged."""
@@ -62,6 +68,11 @@ class SequenceTransformer(nn.Module):
         self.heads = self.blocks[0].attn.num_heads
         self.batch_first = getattr(clip.transformer, "batch_first", True)
 
+    @classmethod
+    def from_config(cls, clip: nn.Module, temporal_cfg: Any) -> SequenceTransformer:
+        """Built on ``clip`` with ``model.temporal.num_layers`` / ``init_from_text``."""
+        return cls(clip, num_layers=temporal_cfg.num_layers, init_from_text=temporal_cfg.init_from_text)
+
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``frames`` (B, T, D), ``mask`` (B, T) bool True = real -> (B, T, D); padded frames never affect real ones."""
         batch, length, _ = frames.shape
@@ -90,9 +101,12 @@ def _reset(module: nn.Module) -> None:
             child._reset_parameters()
 
 
-def build_temporal(clip: nn.Module, temporal_cfg) -> nn.Module:
-    """The temporal module named by ``temporal_cfg.type`` ("mean" | "seq_transformer"), built on ``clip``."""
-    if temporal_cfg.type == "mean":
-        return TEMPORAL.create("mean")
-    return TEMPORAL.create(temporal_cfg.type, clip=clip, num_layers=temporal_cfg.num_layers,
-                           init_from_text=temporal_cfg.init_from_text)
+def build_temporal(clip: nn.Module, temporal_cfg: Any) -> nn.Module:
+    """The temporal module registered as ``temporal_cfg.type``, built on ``clip``.
+
+    A registered class with a ``from_config(clip, temporal_cfg)`` classmethod is built through it; any other
+    registered factory is called with ``clip`` alone.
+    """
+    factory = TEMPORAL.get(temporal_cfg.type)
+    from_config = getattr(factory, "from_config", None)
+    return from_config(clip, temporal_cfg) if from_config is not None else factory(clip=clip)

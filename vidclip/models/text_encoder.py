@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..heads.base import TextEncoderOutput
+from ..features import TextEncoderOutput
 from ..tokenizer import text_mask, tokenize
 
 

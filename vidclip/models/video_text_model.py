@@ -1,25 +1,24 @@
-"""``VideoTextModel``: frame encoder + temporal module + text encoder + alignment head, and the training losses.
+"""``VideoTextModel``: frame encoder + temporal module + text encoder + alignment head. No loss lives here.
 
 Data flow: frames (B, T, 3, H, W) -> frame encoder (B, T, E) [+ patches] -> temporal (B, T, E) -> head video features;
 captions -> text encoder (EOT (B, E), tokens (B, L, E)) -> head text features; ``head.similarity`` -> (N_t, N_v) in
-cosine units; ``forward`` scales them by ``exp(logit_scale)`` (clamped) for symmetric InfoNCE.
+cosine units; ``forward`` returns features and scores (scaled by ``exp(logit_scale)``, clamped) and
+:mod:`vidclip.objective` turns them into losses, as open_clip keeps its losses outside the model.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable
 from typing import Any, Union
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from ..constants import CLIP_MEAN, CLIP_STD
+from ..features import Features, VideoEncoderOutput
 from ..heads import create_head
-from ..heads.base import Features, VideoEncoderOutput
-from ..losses import ContrastiveLoss
+from ..heads.base import resolve_head_kwargs
 from ..registry import HEADS
 from .frame_encoder import build_frame_encoder
 from .temporal import build_temporal
@@ -30,7 +29,7 @@ _logger = logging.getLogger(__name__)
 Gather = Callable[[Features], Features]
 
 class VideoTextModel(nn.Module):
-    """Encode videos and texts into head features and score them; ``forward(batch)`` returns the training losses.
+    """Encode videos and texts into head features and score them; ``forward(batch)`` returns the training outputs.
 
     Video features never depend on the text query (they can be extracted once and cached).
 
@@ -55,14 +54,7 @@ class VideoTextModel(nn.Module):
         init_scale = torch.tensor(math.log(1 / 0.07)) if init_scale is None else init_scale.detach().clone()
         self.logit_scale = nn.Parameter(init_scale.reshape(()).float())
         self.captioner = _build_captioner(cfg, self.text_encoder, self.embed_dim)
-        self.loss = ContrastiveLoss()
-        self.aux_weight = 1.0
         self.image_size = int(_first(getattr(clip.visual, "image_size", 224)))
-
-    def set_loss_config(self, loss_cfg) -> None:
-        """Use the training config's loss options (Norton rectified targets, auxiliary-loss weight)."""
-        self.loss = ContrastiveLoss(loss_cfg)
-        self.aux_weight = float(loss_cfg.aux_weight)
 
     # ------------------------------------------------------------------------------------------ encoders
     @property
@@ -95,31 +87,33 @@ class VideoTextModel(nn.Module):
         return self.logit_scale.float().clamp(max=math.log(self.cfg.logit_scale_max)).exp()
 
     # ------------------------------------------------------------------------------------------ training
-    def forward(self, batch: dict[str, Any], gather: Gather | None = None) -> dict[str, torch.Tensor]:
-        """Losses of a batch: contrastive over the (gathered) global batch, head auxiliary losses, captioning loss.
+    def forward(self, batch: dict[str, Any], gather: Gather | None = None) -> dict[str, Any]:
+        """Features and scores of a training batch over the (gathered) global batch; losses are computed outside.
 
         Args:
             batch: collated batch with ``video`` (B, T, 3, H, W), ``video_mask`` (B, T), ``text_tokens`` (B, L).
             gather: maps local ``Features`` to the features of every process (with gradients); identity if None.
 
         Returns:
-            ``{"loss": total, "contrastive": ..., <aux name>: weighted aux loss, "caption": ... (if enabled)}``.
+            ``{"text": Features (N, ...), "video": Features (N, ...), "sims": (N, N) cosine scores,
+            "logit_scale": exp(logit_scale) clamped, "logits": (N, N) scaled scores, "encoder": local
+            VideoEncoderOutput}`` plus ``"caption_logits"`` (M, V), ``"caption_targets"`` (M,) and
+            ``"caption_class_weights"`` (V,) when the captioner is enabled.
         """
         gather = gather or (lambda feats: feats)
         outputs = self.encode_video_outputs(batch["video"], batch["video_mask"])
-        video = self.head.encode_video(outputs)
-        text = self.encode_text(batch["text_tokens"])
-        video_all, text_all = gather(video), gather(text)
-        logits = self.scale() * self.head.similarity(text_all, video_all).float()  # (N, N)
-        losses = {"contrastive": self.loss(logits)}
-        for name, value in self.head.aux_losses(text_all, video_all).items():
-            losses[name] = self.aux_weight * value.float()
+        video_all = gather(self.head.encode_video(outputs))
+        text_all = gather(self.encode_text(batch["text_tokens"]))
+        sims = self.head.similarity(text_all, video_all).float()  # (N, N)
+        scale = self.scale()
+        out: dict[str, Any] = {"text": text_all, "video": video_all, "sims": sims, "logit_scale": scale,
+                               "logits": scale * sims, "encoder": outputs}
         if self.captioner is not None:
             tokens = batch["text_tokens"].to(outputs.frames.device)
-            caption = self.captioner.loss(outputs.frames, tokens, outputs.mask)  # raw frame embeddings (B, T, E)
-            losses["caption"] = float(self.cfg.prompt.caption_loss_weight) * caption.float()
-        losses["loss"] = sum(losses.values())
-        return losses
+            logits, targets = self.captioner.scored_logits(outputs.frames, tokens, outputs.mask)  # raw (B, T, E)
+            out.update(caption_logits=logits, caption_targets=targets,
+                       caption_class_weights=self.captioner.class_weights)
+        return out
 
     # ------------------------------------------------------------------------------------------ reports
     @property
@@ -141,22 +135,9 @@ def _first(size) -> int:
 
 
 def _head_kwargs(cfg, embed_dim: int) -> dict[str, Any]:
-    """The YAML head kwargs, plus the model facts a head may ask for (embed_dim, max_words) when it accepts them."""
-    kwargs = cfg.head.kwargs
-    kwargs = dict(OmegaConf.to_container(kwargs, resolve=True)) if OmegaConf.is_config(kwargs) else dict(kwargs or {})
-    params = inspect.signature(HEADS.get(cfg.head.name)).parameters
+    """Preset + YAML head kwargs, plus the model facts a head may ask for (embed_dim, max_words)."""
     facts = {"embed_dim": embed_dim, "max_words": int(cfg.context_length)}
-    for key, value in facts.items():
-        if key in params and key not in kwargs:
-            kwargs[key] = value
-    unknown = [k for k in kwargs if k not in params] if not any(
-        p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()) else []
-    if unknown:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"model.head.kwargs: unknown argument(s) {unknown} for head '{cfg.head.name}'. "
-                          f"Valid: {', '.join(params)}")
-    return kwargs
+    return resolve_head_kwargs(HEADS.get(cfg.head.name), cfg.head, facts)
 
 
 def _build_captioner(cfg, text_encoder: TextEncoder, embed_dim: int) -> nn.Module | None:

@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from ..heads.base import Features, num_rows, slice_features
+from ..features import Features, num_rows, slice_features
 
 
 def _to_device(feats: Features, device: Optional[torch.device]) -> Features:

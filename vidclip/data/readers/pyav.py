@@ -1,62 +1,24 @@
-"""Video readers: frame-exact random access on top of PyAV (always) or decord (optional).
+"""PyAV backend (``pyav``): threaded sequential decode, optional keyframe seeks; also the frame-count probe.
 
-Ground truth: frame ``k`` of a video is the ``k``-th frame of a plain sequential PyAV decode
-(``container.decode(video=0)``, counting from 0) converted with ``to_ndarray(format="rgb24")``. Every backend
-returns exactly that image or raises :class:`~vidclip.errors.VideoDecodeError`; none returns a wrong frame silently.
-
-Backends
-    ``pyav``   threaded (``thread_type="AUTO"``) sequential decode that stops after the last requested frame and
-               converts only the requested frames to RGB. Real clips have very long GOPs (2 keyframes in 330
-               frames for MSR-VTT), so this is both the fastest path and correct by construction. For long videos a
-               keyframe seek is used when it skips at least ``seek_min_gap`` frames of decoding (off by default
-               except in ``auto``); frames after a seek are identified by their timestamp, never by counting, and
-               seeking is disabled for files whose timestamps cannot identify frames (missing or duplicate pts).
-    ``decord`` ``VideoReader.get_batch`` (imported lazily; ``num_frames`` still comes from PyAV). It is exact on most
-               H.264 files for sorted indices read once, but returns corrupted frames after a seek into some streams
-               (misc/cockatoo.mp4, yuv444p: frame 200 read first is wrong) and cannot open Theora/Ogg; use it only
-               on material you have verified.
-    ``auto``   ``pyav`` with keyframe seeking for long videos (``seek_min_gap=AUTO_SEEK_MIN_GAP`` frames). decord is
-               never chosen automatically: it is not faster on real clips (perf-notes.md) and not always right.
-
-Frame count (``num_frames``)
-    Container headers lie (balle1-vp9.avi: header 300, 295 decodable; Ogg has no count). At open the reader demuxes
-    the video stream once without decoding (about 1 ms for a 330-frame clip) and counts the non-empty packets up to
-    the first truncated (``is_corrupt``) packet. That count is *trusted* when it equals the header's frame count and
-    no packet was truncated; otherwise (no header count, header disagrees, truncated file) the reader counts frames
-    with one threaded decode without RGB conversion, cached per (path, size, mtime) in the process, so such files
-    cost one extra decode once, and trusted files (every MP4/MKV clip tested) none. The trust rests on decoders
-    emitting one frame per packet; if a file breaks it, a read still cannot be silently wrong: a decode that ends
-    before a requested frame raises ``VideoDecodeError`` naming the file and index, and corrects ``num_frames``.
-
-Damaged files
-    Missing, empty, non-video (e.g. text renamed .mp4), audio-only and video-less files raise ``VideoDecodeError``
-    naming the path and the problem. A truncated file whose index survives (moov atom first) keeps its decodable
-    prefix: decoding stops at the first truncated packet or decoder error, then the decoder is flushed, so
-    ``num_frames`` reflects the frames that really exist (the plain ``container.decode`` loop raises at that point and
-    loses the few frames still buffered in the decoder; frames before that point are identical).
-
-Orientation
-    Rotation metadata (display matrix) is ignored: frames come in *stored* orientation, as PyAV's plain decode
-    returns them, and ``width``/``height`` describe the stored frame. Keep one backend per dataset so training and
-    evaluation see the same orientation.
+See the package docstring for the ground truth (frame ``k`` = the ``k``-th frame of a plain sequential decode), the
+frame-count rules and the handling of damaged files. Other backends take ``num_frames`` from :func:`probe`.
 """
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
-from ..errors import VideoDecodeError
+from ...errors import VideoDecodeError
+from ...registry import READERS
+from .base import VideoReader
+from .base import short_error as _short
 
 _logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "pyav", "decord")
-AUTO_SEEK_MIN_GAP = 300  # frames of decoding a keyframe seek must save before ``auto`` seeks
 _SEEK_OVERHEAD = 16  # extra frames decoded after a seek before the target can come out (B-frame delay, flush)
 
 _FRAME_COUNT_CACHE: dict[tuple[str, int, int], int] = {}
@@ -104,10 +66,6 @@ def _video_stream(container, path: Path):
         raise VideoDecodeError(path, f"no video stream ({what})")
     return container.streams.video[0]
 
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().replace("\n", " ")
-    return text if len(text) < 200 else text[:197] + "..."
 
 
 def _index_stream(container, stream, path: Path) -> _StreamIndex:
@@ -172,65 +130,7 @@ def _count_by_decoding(path: Path) -> int:
     return _FRAME_COUNT_CACHE[key]
 
 
-# ------------------------------------------------------------------------------------------------ readers
-class VideoReader:
-    """Common interface: metadata attributes plus ``get_frames``; usable as a context manager."""
-
-    backend: str = ""
-
-    def __init__(self, path: Path, num_frames: int, fps: float, width: int, height: int):
-        self.path = path
-        self.num_frames = num_frames
-        self.fps = fps
-        self.width = width
-        self.height = height
-
-    @property
-    def duration(self) -> float:
-        """Seconds covered by the decodable frames (``num_frames / fps``; 0 when fps is unknown)."""
-        return self.num_frames / self.fps if self.fps > 0 else 0.0
-
-    def get_frames(self, indices: Union[Sequence[int], np.ndarray]) -> np.ndarray:
-        """Frames at ``indices`` (any order, repeats allowed) as uint8 ``(T, H, W, 3)`` RGB."""
-        indices = self._check_indices(indices)
-        if len(indices) == 0:
-            return np.zeros((0, self.height, self.width, 3), dtype=np.uint8)
-        wanted = np.unique(indices)
-        decoded = self._decode_sorted(wanted)  # (U, H, W, 3) in the order of ``wanted``
-        return decoded[np.searchsorted(wanted, indices)]  # (T, H, W, 3)
-
-    def _check_indices(self, indices) -> np.ndarray:
-        indices = np.asarray(indices)
-        if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
-            raise ValueError(f"{self.path}: frame indices must be a 1-D integer sequence, got {indices!r}")
-        indices = indices.astype(np.int64)
-        bad = indices[(indices < 0) | (indices >= self.num_frames)]
-        if bad.size:
-            raise VideoDecodeError(self.path, f"frame index {int(bad[0])} is out of range: the video has "
-                                              f"{self.num_frames} decodable frames (valid 0..{self.num_frames - 1})")
-        return indices
-
-    def _decode_sorted(self, wanted: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Release the file handles (idempotent)."""
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return self.num_frames
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(path={str(self.path)!r}, backend={self.backend!r}, "
-                f"num_frames={self.num_frames}, fps={self.fps:.3f}, size={self.width}x{self.height})")
-
-
-def _probe(path: Path):
+def probe(path: Path):
     """Open ``path`` with PyAV and return (container, stream, index, num_frames, fps); errors name the file."""
     _check_file(path)
     container = _open_container(path)
@@ -256,13 +156,14 @@ def _probe(path: Path):
         raise
 
 
+@READERS.register("pyav")
 class PyAVReader(VideoReader):
     """Threaded sequential decode up to the last wanted frame; optional keyframe seeks for long videos."""
 
     backend = "pyav"
 
     def __init__(self, path: Path, seek_min_gap: int | None = None):
-        container, stream, index, num_frames, fps = _probe(path)
+        container, stream, index, num_frames, fps = probe(path)
         super().__init__(path, num_frames, fps, stream.codec_context.width, stream.codec_context.height)
         container.close()
         self.seek_min_gap = seek_min_gap
@@ -373,70 +274,3 @@ class PyAVReader(VideoReader):
             if frame.pts >= last_pts:
                 break
         return all(k in found for k in frames)
-
-
-class DecordReader(VideoReader):
-    """decord ``get_batch`` with the frame count taken from PyAV (decord trusts container headers)."""
-
-    backend = "decord"
-
-    def __init__(self, path: Path, num_threads: int = 0):
-        decord = _import_decord()
-        container, stream, _, num_frames, fps = _probe(path)
-        super().__init__(path, num_frames, fps, stream.codec_context.width, stream.codec_context.height)
-        container.close()
-        try:
-            self._reader = decord.VideoReader(str(path), num_threads=num_threads)
-        except Exception as exc:  # decord raises its own DECORDError for everything
-            raise VideoDecodeError(path, f"decord cannot open this file ({_short(exc)}); use backend='pyav'") from exc
-        self.num_frames = min(self.num_frames, len(self._reader))
-
-    def _decode_sorted(self, wanted: np.ndarray) -> np.ndarray:
-        try:
-            frames = self._reader.get_batch(wanted.tolist()).asnumpy()  # (U, H, W, 3)
-        except Exception as exc:
-            reason = f"decord failed to read frames {wanted.tolist()} ({_short(exc)})"
-            raise VideoDecodeError(self.path, reason) from exc
-        if frames.shape != (len(wanted), self.height, self.width, 3):
-            raise VideoDecodeError(self.path, f"decord returned shape {frames.shape} for {len(wanted)} frames")
-        return frames
-
-    def close(self) -> None:
-        self._reader = None
-
-
-def _import_decord():
-    try:
-        import decord
-    except ImportError as exc:
-        raise ImportError("backend='decord' needs the decord package (`pip install decord`; no wheels exist for "
-                          "macOS/ARM). Use backend='pyav' or 'auto', which need only PyAV.") from exc
-    decord.bridge.set_bridge("native")
-    return decord
-
-
-def open_video(path: Union[str, os.PathLike], backend: str = "auto", seek_min_gap: int | None = None,
-               ) -> VideoReader:
-    """Open a video for frame-exact random access.
-
-    Args:
-        path: the video file.
-        backend: ``auto`` (PyAV sequential decode, keyframe seeks for long videos), ``pyav`` (sequential only
-            unless ``seek_min_gap`` is given) or ``decord``.
-        seek_min_gap: PyAV only: seek to a keyframe when that skips at least this many frames of decoding
-            (``auto`` defaults to ``AUTO_SEEK_MIN_GAP``; ``None`` with ``pyav`` never seeks).
-
-    Returns:
-        A reader with ``num_frames``, ``fps``, ``duration``, ``width``, ``height``, ``backend`` and ``get_frames``.
-
-    Raises:
-        VideoDecodeError: the file is missing, empty, not a video, or holds no decodable frame.
-    """
-    path = Path(path)
-    if backend == "auto":
-        return PyAVReader(path, seek_min_gap=AUTO_SEEK_MIN_GAP if seek_min_gap is None else seek_min_gap)
-    if backend == "pyav":
-        return PyAVReader(path, seek_min_gap=seek_min_gap)
-    if backend == "decord":
-        return DecordReader(path)
-    raise ValueError(f"unknown video backend '{backend}'. Valid: {', '.join(BACKENDS)}")

@@ -1,5 +1,8 @@
-"""One logging set-up for the entry points in tools/ (the library itself only uses logging.getLogger)."""
+"""What every subcommand shares: console logging set-up (the library itself only calls ``logging.getLogger``)."""
+from __future__ import annotations
+
 import logging
+import os
 import sys
 
 
@@ -12,3 +15,8 @@ def setup_logging(level: int = logging.INFO, main_process: bool = True) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level if main_process else logging.WARNING)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` / ``accelerate launch`` job (or a plain single process), from the environment."""
+    return int(os.environ.get("RANK", "0")) == 0
