@@ -30,17 +30,18 @@ def build_models() -> dict[str, object]:
 
     import vidclip
 
-    clip = open_clip.create_model("ViT-B-32", force_quick_gelu=True).eval()  # as vidclip's ViT-B-32 cfg
+    clip = open_clip.create_model("ViT-B-32", force_quick_gelu=True).eval()  # as OpenAI weights (quick_gelu below)
     models = {"open_clip": clip}
     for arch in ("vifi-B-32", "prompt-switch-B-32", "glscl-B-32"):
         try:
-            model = vidclip.create_model(arch).eval()
+            model = vidclip.create_model(arch, clip={"quick_gelu": True}).eval()
         except Exception as exc:  # a head not written yet: same temporal module on the mean-pooling head
             if arch != "glscl-B-32":
                 raise
             print(f"note: glscl-B-32 unavailable ({type(exc).__name__}: {exc}); timing its sequence transformer "
                   "(4 layers) on the vifi head instead")
-            model = vidclip.create_model("vifi-B-32", temporal={"type": "seq_transformer", "num_layers": 4}).eval()
+            model = vidclip.create_model("vifi-B-32", clip={"quick_gelu": True},
+                                         temporal={"type": "seq_transformer", "num_layers": 4}).eval()
         model.frame_encoder.visual.load_state_dict(clip.visual.state_dict())
         models[arch] = model
     return models

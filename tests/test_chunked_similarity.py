@@ -66,3 +66,24 @@ def test_real_head_on_cpu_device_argument_and_empty_inputs():
     assert torch.allclose(chunked_similarity(head, text, video, 2, 3, device=torch.device("cpu")), full, atol=1e-6)
     empty = chunked_similarity(head, features(0, 7), video, 2, 3)
     assert empty.shape == (0, 4)
+
+
+def test_memory_budget_shrinks_blocks_and_keeps_the_matrix():
+    head = RecordingHead()
+    text = {"pooled": torch.randn(10, 8), "tokens": torch.randn(10, 5, 8)}  # 5 slots per text
+    video = {"pooled": torch.randn(9, 8), "bias": torch.randn(9), "frames": torch.randn(9, 4, 8)}  # 4 per video
+    from vidclip.ops.similarity import default_pair_bytes, plan_chunks
+
+    pair = default_pair_bytes(text, video)
+    assert pair == 4 * 4 * 5 * 4  # 4 intermediates x float32 x 5 x 4 slots
+    budget_mb = 12 * pair / 2**20  # room for 12 pairs per block
+    t_chunk, v_chunk = plan_chunks(head, text, video, budget_mb, 256, 256)
+    assert t_chunk * v_chunk <= 12 and v_chunk == 9 and t_chunk == 1
+    full = head.similarity(text, video)
+    head.blocks.clear()
+    sim = chunked_similarity(head, text, video, max_block_mb=budget_mb)
+    assert torch.allclose(sim, full, atol=1e-6)
+    assert max(t * v for t, v in head.blocks) <= 12
+    assert plan_chunks(head, text, video, None, 7, 3) == (7, 3)
+    head.pair_bytes = lambda t, v: 1  # a head's own estimate wins
+    assert plan_chunks(head, text, video, budget_mb, 256, 256) == (256, 9)  # 3,840 one-byte pairs fit

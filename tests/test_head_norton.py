@@ -195,7 +195,7 @@ def test_paragraph_similarity_matches_per_pair_pot_and_percentile_bucket():
 
 def test_config_check_and_bad_options():
     cls = type(create_head("norton"))
-    cfg = SimpleNamespace(head=SimpleNamespace(name="norton", kwargs={"alpha": 1}), patch_tokens=False,
+    cfg = SimpleNamespace(head=SimpleNamespace(name="norton", preset=None, kwargs={"alpha": 1}), patch_tokens=False,
                           context_length=32)
     with pytest.raises(ConfigError, match="alpha.*Valid keys:.*alpha_lse"):
         cls.check_config(cfg)

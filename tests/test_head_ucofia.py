@@ -1,4 +1,5 @@
-"""UCoFiA head: ISA and the three levels vs naive formulas, SK-norm levels, chunk/padding invariance, training."""
+"""UCoFiA head: ISA and the three levels vs naive formulas, SK-norm levels, chunk/padding invariance, training,
+the reference options (diagonal top-k estimator, scorers, padding, patch-word units) and presets."""
 from types import SimpleNamespace
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from vidclip.errors import ConfigError
 from vidclip.heads import create_head
 from vidclip.features import TextEncoderOutput, VideoEncoderOutput
-from vidclip.heads.ucofia import PerturbedTopK, hard_topk, isa
+from vidclip.heads.ucofia import UCoFiAHead, hard_topk, isa, perturbed_topk
 from vidclip.ops.similarity import chunked_similarity, chunked_similarity_levels
 
 D, N = 32, 9  # embedding size, patches per frame
@@ -31,7 +32,7 @@ def text_batch(b=6, length=8, seed=1):
 
 def make_head(**kw):
     torch.manual_seed(0)
-    args = dict(embed_dim=D, max_words=12, max_frames=6, top_k=2, num_samples=50)
+    args = dict(embed_dim=D, max_words=12, max_frames=6, top_k=2, num_samples=50, pw_scale=1.0)  # levels in cosine units
     args.update(kw)
     return create_head("ucofia", **args)
 
@@ -76,7 +77,8 @@ def naive_levels(head, text, video):
         fr = video.frames[j][m]  # real frames (T', D)
         pix = []
         for i in range(len(fr)):
-            score = head.scorer(fr[i:i + 1], video.patches[j, m][i:i + 1])[0]
+            score = head.scorer(fr[i:i + 1][None], video.patches[j, m][i:i + 1][None],
+                                torch.ones(1, 1, dtype=torch.bool))[0, 0]
             idx = torch.sort(torch.topk(score, head.top_k).indices).values
             pix.append(torch.cat([fr[i:i + 1], video.patches[j, m][i][idx]]))
         pix = torch.cat(pix) @ head.w_pixel_proj  # (P', D)
@@ -172,10 +174,10 @@ def test_topk_selection_modes():
     scores = torch.randn(4, 9, generator=g)
     hard = hard_topk(scores, 3)
     assert hard.shape == (4, 3, 9) and torch.equal(hard.sum((1, 2)), torch.full((4,), 3.0))
-    soft = PerturbedTopK.apply(scores, 3, 500, 1e-4)
+    soft = perturbed_topk(scores, 3, 500, 1e-4)
     assert torch.allclose(soft, hard)  # tiny noise: the perturbed top-k is the hard one
     scores.requires_grad_(True)
-    soft = PerturbedTopK.apply(scores, 3, 500, 0.5)
+    soft = perturbed_topk(scores, 3, 500, 0.5)
     assert torch.allclose(soft.sum((1, 2)), torch.full((4,), 3.0))
     (soft * torch.randn(4, 3, 9, generator=g)).sum().backward()
     assert torch.isfinite(scores.grad).all() and scores.grad.abs().sum() > 0
@@ -238,7 +240,7 @@ def test_bf16_autocast_and_adversarial_inputs_stay_finite():
 
 def test_config_checks():
     cls = type(make_head())
-    cfg = SimpleNamespace(head=SimpleNamespace(name="ucofia", kwargs={"topk": 3}), patch_tokens=True,
+    cfg = SimpleNamespace(head=SimpleNamespace(name="ucofia", kwargs={"topk": 3}, preset=None), patch_tokens=True,
                           context_length=32)
     with pytest.raises(ConfigError, match="topk.*Valid keys:.*top_k"):
         cls.check_config(cfg)
@@ -250,3 +252,95 @@ def test_config_checks():
         cls.check_config(cfg)
     cfg.patch_tokens = True
     cls.check_config(cfg)
+
+
+# ------------------------------------------------------------------------------------------ reference options
+def test_topk_estimators_full_and_diagonal_vs_naive():
+    """Same forward; backward = E[1(x+σZ) Zᵀ]/σ in full, or only its diagonal (the reference's estimator)."""
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 7, generator=g, dtype=torch.float64)
+    noise = torch.randn(2, 40, 7, generator=g, dtype=torch.float64)
+    upstream = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
+    idx = torch.topk(scores[:, None] + 0.3 * noise, 3, dim=-1).indices.sort(-1).values  # (2, 40, 3)
+    one_hot = F.one_hot(idx, 7).double()  # (2, 40, 3, 7)
+    full = torch.einsum("bskn,bse,bkn->be", one_hot, noise, upstream) / (40 * 0.3)
+    diagonal = torch.einsum("bskn,bsn,bkn->bn", one_hot, noise, upstream) / (40 * 0.3)
+    for diag, expected in ((False, full), (True, diagonal)):
+        x = scores.clone().requires_grad_(True)
+        out = perturbed_topk(x, 3, 40, 0.3, diagonal=diag, noise=noise)
+        assert torch.allclose(out, one_hot.mean(1))
+        (out * upstream).sum().backward()
+        assert torch.allclose(x.grad, expected, atol=1e-12)
+    assert not torch.allclose(full, diagonal)
+
+
+def test_scorer_layout_and_init_options():
+    head = make_head(scorer_bias=False, scorer_init_std=0.02)
+    linears = [m for m in head.scorer.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(m.bias is None for m in linears) and len(linears) == 3
+    assert all(abs(float(m.weight.detach().std()) - 0.02) < 0.01 for m in linears)
+    assert sum(p.numel() for p in make_head().scorer.parameters()) - sum(p.numel() for p in head.scorer.parameters()) \
+        == D // 2 + 1  # the two output biases of the default layout
+    old = make_head(scorer="video_global")
+    assert old.scorer.inp[0].normalized_shape == (2 * D,) and old.scorer.out[0].in_features == 2 * D
+
+
+def test_video_global_scorer_vs_naive_and_padding():
+    """Older PredictorLG: LN(2D)+Linear(2D, D)+GELU on [token, frame CLS]; context = sum over frames of [CLS, CLS]."""
+    head = make_head(scorer="video_global", scorer_init_std=0.2).eval()
+    v = video_batch()
+    sc = head.scorer
+    with torch.no_grad():
+        got = sc(v.frames, v.patches, v.mask)  # (B, T, N)
+        for j in range(len(v.frames)):
+            inp = lambda x: sc.inp(x)  # noqa: E731
+            ctx = sum(inp(torch.cat([v.frames[j, f], v.frames[j, f]])) for f in range(4) if v.mask[j, f])
+            for f in range(4):
+                for n in range(N):
+                    local = inp(torch.cat([v.patches[j, f, n], v.frames[j, f]]))
+                    assert torch.allclose(got[j, f, n], sc.out(torch.cat([local, ctx]))[0], atol=1e-5)
+        everything = sc(v.frames, v.patches, torch.ones_like(v.mask))  # the reference sums every frame slot
+        assert not torch.allclose(got[3], everything[3], atol=1e-4)  # video 3 has padded frames
+
+
+def test_padded_frames_take_part_when_not_masked():
+    """mask_padding_frames=False: every frame slot enters the sentence-frame and patch-word ISA (the reference)."""
+    head = make_head(mask_padding_frames=False).eval()
+    perturb_weights(head)
+    text, video = text_batch(b=3), video_batch(b=3)
+    full = VideoEncoderOutput(video.frames, video.temporal, torch.ones_like(video.mask), video.patches)
+    with torch.no_grad():
+        levels = head.similarity_levels(head.encode_text(text), head.encode_video(video))
+        masked_head = make_head().eval()
+        masked_head.load_state_dict(head.state_dict())
+        as_real = masked_head.similarity_levels(masked_head.encode_text(text), masked_head.encode_video(full))
+        vhat = F.normalize(F.normalize(video.temporal[1, :3], dim=-1).mean(0), dim=0)  # video 1: 3 real frames
+    assert torch.allclose(levels["sf"], as_real["sf"], atol=1e-6)  # padded slots counted as frames
+    assert torch.allclose(levels["pw"], as_real["pw"], atol=1e-6)
+    assert torch.allclose(head.encode_video(video)["pooled"][1], vhat, atol=1e-6)  # pooling: real frames only
+
+
+def test_patch_word_units_follow_the_bound_logit_scale():
+    head = make_head(pw_scale=None).eval()
+    perturb_weights(head)
+    text, video = text_batch(b=2), video_batch(b=2)
+    with torch.no_grad():
+        t, v = head.encode_text(text), head.encode_video(video)
+        raw = head.patch_word(t, v)
+        assert torch.allclose(head.similarity_levels(t, v)["pw"], raw / 100.0)  # unbound: the reference's 100
+        scale = torch.tensor(37.0)
+        head.bind_logit_scale(lambda: scale)
+        levels = head.similarity_levels(t, v)
+        logits = scale * head.similarity(t, v)  # what the model computes
+        assert torch.allclose(logits, (scale * levels["vs"] + scale * levels["sf"] + raw) / 3, atol=1e-5)
+
+
+def test_presets_resolve_to_constructor_kwargs():
+    from vidclip.heads.base import resolve_head_kwargs
+
+    cfg = SimpleNamespace(name="ucofia", preset="reference", kwargs={"max_frames": 6})
+    kwargs = resolve_head_kwargs(UCoFiAHead, cfg)
+    assert kwargs["topk_grad"] == "diagonal" and kwargs["mask_padding_frames"] is False and kwargs["max_frames"] == 6
+    assert UCoFiAHead.PRESETS["released_checkpoint"]["scorer"] == "video_global"
+    for preset in UCoFiAHead.PRESETS.values():
+        create_head("ucofia", embed_dim=D, max_words=12, max_frames=6, **preset)

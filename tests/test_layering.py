@@ -19,7 +19,7 @@ ROOT = Path(vidclip.__file__).parent
 
 # Lowest first. A module's layer is the first entry that is a prefix of its dotted name (below "vidclip.").
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "registry", "features", "constants", "tokenizer", "distributed", "io", "resources"),
+    ("errors", "registry", "features", "constants", "tokenizer", "distributed", "io", "resources", "identity"),
     ("config",),
     ("data",),
     ("ops",),

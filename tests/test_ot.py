@@ -87,12 +87,17 @@ def test_rectified_targets_against_naive_and_row_sums():
     assert not t2v.requires_grad and not v2t.requires_grad
     n = 10
     lm = torch.full((1, n), -math.log(2 * n))
-    q = torch.exp(naive_log_sinkhorn(logits.detach()[None], lm, lm, 50) + math.log(2 * n))[0]
+    # Norton: log_optimal_transport(logits_per_video), i.e. the video x text matrix, video rows first
+    q = torch.exp(naive_log_sinkhorn(logits.detach().t()[None], lm, lm, 50) + math.log(2 * n))[0]  # (video, text)
     eye = torch.eye(n)
-    assert torch.allclose(t2v, 0.3 * q + 0.7 * eye, atol=1e-5)
+    assert torch.allclose(v2t, 0.3 * q + 0.7 * eye, atol=1e-5)
     assert torch.allclose(v2t, t2v.t(), atol=1e-7)
-    assert torch.allclose(t2v.sum(0), torch.ones(n), atol=1e-5)  # columns of Q are exact
-    assert torch.allclose(t2v.sum(1), torch.ones(n), atol=1e-2)  # 50 iterations on peaked logits: rows ~1
+    assert torch.allclose(t2v.sum(1), torch.ones(n), atol=1e-5)  # text columns of Q are exact
+    assert torch.allclose(t2v.sum(0), torch.ones(n), atol=1e-2)  # 50 iterations on peaked logits: video rows ~1
+    q_text = torch.exp(naive_log_sinkhorn(logits.detach()[None], lm, lm, 50) + math.log(2 * n))[0]  # (text, video)
+    t2v_text, _ = rectified_targets(logits, rows="text")
+    assert torch.allclose(t2v_text, 0.3 * q_text + 0.7 * eye, atol=1e-5)
+    assert (t2v_text - t2v).abs().max() > 1e-3, "on peaked logits the orientation matters (unconverged plan)"
     mild, _ = rectified_targets(torch.randn(10, 10, generator=gen))
     assert torch.allclose(mild.sum(1), torch.ones(n), atol=1e-5)
     assert (t2v >= 0).all() and (t2v.diagonal() >= 0.7).all()

@@ -312,3 +312,121 @@ def test_drop_missing_leaves_absent_videos_out(ann, shared_data, tmp_path):
     assert [r.video_id for r in test] == ["video9770", "video9771"]
     assert report.problems == []  # counts are checked on the official lists, before dropping
     assert report.written["test_1ka"]["videos"] == 2 and report.written["test_1ka"]["missing_videos"] == 998
+
+
+# ------------------------------------------------------------------------------------------------ ActivityNet
+def _anet_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_activitynet_from_the_real_files(ann, tmp_path, capsys):
+    out = tmp_path / "lists"
+    assert main(["activitynet", "--annotations", str(ann), "--videos", str(tmp_path / "no_videos"), "--out", str(out),
+                 "--strict"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: activitynet train: 15 id(s) of train_ids.json are not in train.json" in printed
+    assert "all checks passed" in printed and "not written: val_2 (needs val_2.json" in printed
+    lists = _lists(out, "activitynet")
+    assert set(lists) == {"train", "val_1", "val_holdout", "train_minus_val"}  # val_2.json is not in shared/data
+    folder = ann / "activitynet"
+    for split, id_list, videos, sentences in (("train", "train_ids.json", 10009, 37421),
+                                              ("val_1", "val_ids.json", 4917, 17505)):
+        captions, ids = _anet_json(folder / f"{split}.json"), _anet_json(folder / id_list)
+        records = lists[split]
+        # caption file ∩ id list, in id-list order (CLIP4Clip iterates the id list)
+        assert [r.video_id for r in records] == [vid for vid in ids if vid in captions]
+        assert len(records) == videos and sum(len(r.sentences) for r in records) == sentences
+        assert all(len(r.captions) == 1 and r.start is None and r.end is None for r in records)
+        for r in records:
+            entry = captions[r.video_id]
+            assert r.captions[0] == " ".join(s.strip() for s in entry["sentences"])
+            assert [(s["text"], s["start"], s["end"]) for s in r.sentences] == [
+                (t.strip(), float(a), float(b)) for t, (a, b) in zip(entry["sentences"], entry["timestamps"])]
+            assert r.meta == {"duration": entry["duration"]} and r.path == f"{r.video_id}.mp4"
+    first = lists["val_1"][0]
+    assert first.video_id == "v_JDg--pjY5gg" and first.captions[0].startswith(
+        "A man in a red shirt talks to a camera before the camera cuts away")
+    held, rest = lists["val_holdout"], lists["train_minus_val"]
+    assert len(held) == 500 and len(rest) == 9509 and not {r.video_id for r in held} & {r.video_id for r in rest}
+    assert {r.video_id for r in held} | {r.video_id for r in rest} == {r.video_id for r in lists["train"]}
+    missing = (out / "missing_activitynet.txt").read_text().splitlines()[1:]
+    assert sum(line.startswith("val_1\t") for line in missing) == 4917  # every missing video is reported
+
+
+def test_activitynet_names_the_ids_the_id_lists_and_caption_files_disagree_on(ann, tmp_path):
+    report = prepare("activitynet", ann, tmp_path / "v", tmp_path / "out")
+    assert report.problems == []  # 15 / 9 uncaptioned ids are the expected numbers (expected.json)
+    folder = ann / "activitynet"
+    for split, id_list, count in (("train", "train_ids.json", 15), ("val_1", "val_ids.json", 9)):
+        extra = sorted(set(_anet_json(folder / id_list)) - set(_anet_json(folder / f"{split}.json")))
+        assert len(extra) == count
+        note = next(n for n in report.notes if n.startswith(f"activitynet {split}: {count} id(s) of {id_list}"))
+        assert all(vid in note for vid in extra)
+    assert "v_1v5HE_Nm99g" in report.notes[0] and "val_2" in report.missing_splits
+
+
+def test_activitynet_expected_facts_match_the_manifest(shared_data):
+    facts = json.loads(DEFAULT_EXPECTED.read_text())["activitynet"]["files"]
+    manifest = dict(line.split("\t", 1) for line in (shared_data / "MANIFEST.tsv").read_text().splitlines()[1:])
+    for name in ("train.json", "val_1.json", "train_ids.json", "val_ids.json", "train_list.txt", "val_1_list.txt"):
+        size, sha = manifest[f"annotations/activitynet/{name}"].split("\t")
+        assert (facts[name]["bytes"], facts[name]["sha256"]) == (int(size), sha), name
+    # landscape.md Appendix A: PromptSwitch's val_1.json blob
+    assert facts["val_1.json"]["git_blob_sha1"] == "71006d3f4fbadf8221d0713511d0469391604430"
+
+
+def _fake_activitynet(root: Path, splits=("train", "val_1")):
+    root.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        group = "train" if split == "train" else "val"  # val_1 and val_2 annotate the same videos
+        data = {f"v_{group}{i}": {"duration": 10.0 + i, "timestamps": [[0, 4.5], [3, 10.0 + i]],
+                                  "sentences": [f"{split} video {i} starts.", f" Then it ends {i}. "]}
+                for i in range(4)}
+        (root / f"{split}.json").write_text(json.dumps(data))
+    return root
+
+
+def test_activitynet_hand_made_id_lists_videos_and_val_2(tmp_path):
+    root = _fake_activitynet(tmp_path / "ann" / "ActivityNet", ("train", "val_1", "val_2"))
+    (root / "train_ids.json").write_text(json.dumps(["v_train2", "v_train0", "v_extra", "v_train1"]))
+    (root / "val_ids.json").write_text(json.dumps(["v_val0", "v_val1", "v_val2", "v_val3"]))
+    videos = tmp_path / "videos"
+    for name in ("v_val0.mp4", "val1.mkv", "sub/v_val2.webm"):  # v_ names, CLIP4Clip's bare ids, sub-folders
+        (videos / name).parent.mkdir(parents=True, exist_ok=True)
+        (videos / name).write_bytes(b"")
+    report = prepare("activitynet", tmp_path / "ann", videos, tmp_path / "out", val_size=1)
+    lists = _lists(tmp_path / "out", "activitynet")
+    assert [r.video_id for r in lists["train"]] == ["v_train2", "v_train0", "v_train1"]  # id-list order
+    assert any("1 id(s) of train_ids.json are not in train.json" in n and "v_extra" in n for n in report.notes)
+    assert any("1 video(s) of train.json are not in train_ids.json" in n and "v_train3" in n for n in report.notes)
+    assert lists["train"][0].captions == ["train video 2 starts. Then it ends 2."]
+    assert lists["train"][0].sentences == [{"text": "train video 2 starts.", "start": 0.0, "end": 4.5},
+                                           {"text": "Then it ends 2.", "start": 3.0, "end": 12.0}]
+    assert [r.path for r in lists["val_1"]] == ["v_val0.mp4", "val1.mkv", "sub/v_val2.webm", "v_val3.mp4"]
+    assert report.missing_videos["val_1"] == ["v_val3.mp4"] and len(lists["val_2"]) == 4
+    assert lists["val_2"][1].captions == ["val_2 video 1 starts. Then it ends 1."]
+    assert len(lists["val_holdout"]) == 1 and len(lists["train_minus_val"]) == 2
+    # hand-made files are not the official ones: every count disagreement is reported
+    assert "activitynet train: 3 videos (expected 10,009), 3 captions (expected 10,009), 6 sentences (expected " \
+           "37,421)" in report.problems
+    assert any(p.startswith("activitynet val_2: 4 videos (expected 4,885)") for p in report.problems)
+
+
+def test_activitynet_without_id_lists_uses_the_caption_file_and_says_so(tmp_path):
+    _fake_activitynet(tmp_path / "ann", ("val_1",))
+    report = prepare("activitynet", tmp_path / "ann", tmp_path / "v", tmp_path / "out")
+    assert set(report.written) == {"val_1"} and report.written["val_1"]["videos"] == 4
+    assert any("no id list" in n and "every video of val_1.json is used" in n for n in report.notes)
+    assert "train.json" in report.missing_splits["train"] and "train.json" in report.missing_splits["val_holdout"]
+
+
+def test_activitynet_malformed_caption_file_names_the_video(tmp_path):
+    root = tmp_path / "ann"
+    root.mkdir()
+    (root / "val_1.json").write_text(json.dumps({"v_a": {"duration": 3, "timestamps": [[0, 1]],
+                                                         "sentences": ["one.", "two."]}}))
+    with pytest.raises(DataListError, match=r"val_1\.json: video 'v_a': 'timestamps' must hold one"):
+        prepare("activitynet", root, tmp_path / "v", tmp_path / "out")
+    (root / "val_1.json").write_text(json.dumps({"v_a": {"duration": 3, "sentences": ["one."]}}))
+    with pytest.raises(DataListError, match=r"video 'v_a' lacks key\(s\) \['timestamps'\]"):
+        prepare("activitynet", root, tmp_path / "v", tmp_path / "out")

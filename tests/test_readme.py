@@ -61,10 +61,11 @@ def test_prepare_data_commands_run_on_the_real_annotations(shared_data, tmp_path
         proc = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         ran += 1
-    assert ran == 3
+    assert ran == 4
     assert (tmp_path / "lists" / "msrvtt_test_1ka.jsonl").is_file()
     assert (tmp_path / "lists" / "msvd_test.jsonl").is_file()
     assert (tmp_path / "lists" / "didemo_test.jsonl").is_file()
+    assert (tmp_path / "lists" / "activitynet_val_1.jsonl").is_file()
 
 
 @pytest.mark.slow

@@ -3,4 +3,6 @@
 from vidclip.cli.search import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vidclip.cli.common import exit_on_expected_errors
+
+    raise SystemExit(exit_on_expected_errors(main))  # expected faults: one line, exit status 2

@@ -31,7 +31,10 @@ class ClipCfg:
     embed_dim: Optional[int] = None  # inline architecture: joint embedding width (tiny test models)
     vision_cfg: Optional[Dict[str, Any]] = None  # inline architecture: open_clip CLIPVisionCfg fields
     text_cfg: Optional[Dict[str, Any]] = None  # inline architecture: open_clip CLIPTextCfg fields
-    quick_gelu: bool = True  # OpenAI weights were trained with QuickGELU
+    # Activation of both towers. None follows open_clip's convention (vidclip.models.factory.resolve_activation): a
+    # pretrained tag's own flag (openai, laion400m_*, metaclip_*: QuickGELU; laion2b_*, datacomp_*: GELU), a
+    # '-quickgelu' architecture name, OpenAI JIT archives (QuickGELU), else the open_clip architecture config.
+    quick_gelu: Optional[bool] = None  # True = QuickGELU, False = GELU: explicit override
 
 
 @dataclass
@@ -43,18 +46,23 @@ class PromptCubeCfg:
     caption_layers: int = 2  # transformer decoder layers of the auxiliary captioner
     frequent_word_weight: float = 0.25  # CE class weight of frequent words in the captioning loss
     gated: bool = True  # CLS/patches see the prompts through a zero-init gate (exact CLIP at init); False: reference
+    # Which prompts a frame's CLS token aggregates: "chunk" = its chunk of P frames (vidclip) | "model_frames" = its
+    # group of aggregation_frames consecutive frames (the reference: the num_frames its model is built with)
+    aggregation: str = "chunk"
+    aggregation_frames: Optional[int] = None  # model_frames: frames per group (reference recipes: ${data.num_frames})
 
 
 @dataclass
 class TemporalCfg:
-    type: str = "mean"  # "mean": frames pass unchanged and the head pools them | "seq_transformer" (CLIP4Clip)
+    type: str = "mean"  # TEMPORAL registry: mean (frames unchanged, the head pools) | seq_transformer (CLIP4Clip)
     num_layers: int = 4  # sequence transformer depth (initialised from CLIP text blocks 0..num_layers-1)
     init_from_text: bool = True  # copy CLIP text blocks and positional embeddings into the sequence transformer
+    layer_norm_eps: float = 1e-5  # LayerNorm eps of its blocks: open_clip 1e-5 | CLIP4Clip's TF-style LayerNorm 1e-12
 
 
 @dataclass
 class HeadCfg:
-    name: str = "vifi"  # alignment head: vifi | glscl | ucofia | norton (see vidclip.heads)
+    name: str = "vifi"  # HEADS registry: vifi | glscl | ucofia | norton (see vidclip.heads)
     preset: Optional[str] = None  # named kwargs set of the head ("reference" = its reference code); kwargs overlay it
     kwargs: Dict[str, Any] = field(default_factory=dict)  # head constructor arguments, validated by the head
 
@@ -64,13 +72,15 @@ class ModelCfg:
     arch: Optional[str] = None  # architecture file in vidclip/models/model_configs (e.g. glscl-B-32) or a YAML path
     pretrained: Optional[str] = None  # open_clip tag ("openai") or a local checkpoint path; None = random init
     clip: ClipCfg = field(default_factory=ClipCfg)
-    context_length: int = 32  # text tokens incl. SOT/EOT (32 MSR-VTT/MSVD, 64 DiDeMo, 77 max)
+    context_length: int = 32  # text tokens incl. SOT/EOT (32 MSR-VTT/MSVD, 64 DiDeMo/ActivityNet, 77 max)
     prompt: PromptCubeCfg = field(default_factory=PromptCubeCfg)
     temporal: TemporalCfg = field(default_factory=TemporalCfg)
     head: HeadCfg = field(default_factory=HeadCfg)
     patch_tokens: bool = False  # also return patch tokens after ln_post @ proj (needed by token-level heads)
     patch_shift_blocks: List[int] = field(default_factory=list)  # visual blocks with TS2-Net patch shift (UCoFiA: [10, 11])
     patch_shift_div: int = 7  # patch shift: one in patch_shift_div tokens shifted each way
+    text_key_padding_mask: bool = False  # text tower also hides padding tokens as attention keys (GLSCL reference)
+    padded_frames: str = "zero_features"  # padded frame slots: zero_features (zero rows) | encode_zero_image (GLSCL)
     grad_checkpointing: bool = False  # recompute visual/text blocks in backward to save memory
     logit_scale_max: float = 100.0  # clamp of exp(logit_scale)
     precision: str = "fp32"  # weights: fp32 | fp16 (CLIP4Clip-style fp16 backbone for paper parity) | bf16
@@ -79,24 +89,29 @@ class ModelCfg:
 # ------------------------------------------------------------------------------------------------------ data block
 @dataclass
 class DataCfg:
-    dataset: str = "custom"  # name written into reports (msrvtt, msvd, didemo, synthetic, custom)
+    dataset: str = "custom"  # name written into reports (msrvtt, msvd, didemo, activitynet, synthetic, custom)
     videos_root: str = ""  # folder the data lists' relative paths resolve against
     train_list: Optional[str] = None  # unified JSONL list used for training
     val_list: Optional[str] = None  # held-out list for model selection during training (never the test list)
     test_list: Optional[str] = None  # list evaluated by tools/eval_retrieval.py
     num_frames: int = 12  # frames per training video
     test_num_frames: Optional[int] = None  # frames per evaluation video (None: same as num_frames)
-    train_sampler: str = "uniform"  # uniform | clip4clip | segment_random | segment_center | prompt_switch
-    test_sampler: str = "uniform"  # as train_sampler; deterministic samplers only
+    train_sampler: str = "uniform"  # SAMPLERS: uniform | clip4clip | segment_random | segment_center | prompt_switch
+    test_sampler: str = "uniform"  # as train_sampler; deterministic samplers only (entry fact deterministic)
     sample_fps: float = 1.0  # clip4clip sampler: frames per second before the uniform slice
     slice: str = "uniform"  # clip4clip sampler: head | tail | uniform slice when over budget (slice_framepos 0/1/2)
     image_size: int = 224  # crop size S of the (T, 3, S, S) frames
     train_augment: str = "none"  # none | crop_flip (random resized crop scale (0.5, 1) + horizontal flip)
     caption_sampling: str = "random"  # training: random (one caption per video per epoch) | all (every pair)
-    reader_backend: str = "auto"  # auto | decord | pyav
+    reader_backend: str = "auto"  # READERS registry: auto | torchcodec | pyav | decord (vidclip/data/readers/)
+    decode_device: str = "cpu"  # cpu | cuda (torchcodec NVDEC decoding; backends auto/torchcodec; not bit-exact)
     num_workers: int = 2  # data-loader worker processes
     max_videos: Optional[int] = None  # use only the first N videos of every list (quick runs)
     group_by_meta: Optional[str] = None  # training: videos sharing meta[<key>] (e.g. pair_id) share a batch
+    # Decoded-frame cache folder (vidclip/data/frame_cache.py): frames decoded once at image_size, reused by every
+    # epoch and run of the same sampler/size; bit-identical batches. None: decode every epoch
+    frame_cache: Optional[str] = None
+    sentence_groups: int = 0  # training: >0 = an item is up to N timed sentences of a video, each with its moment
 
 
 # --------------------------------------------------------------------------------------------------- train block
@@ -106,6 +121,13 @@ class LossCfg:
     rectify_beta: float = 0.3  # weight of the transport plan in the soft targets
     rectify_epsilon: float = 1.0  # entropic regularisation of the rectifying Sinkhorn
     rectify_iters: int = 50  # Sinkhorn iterations
+    rectify_rows: str = "video"  # which side the rectifying Sinkhorn normalises first: video (Norton) | text
+    directions: str = "mean"  # contrastive loss = mean (CLIP) | sum (Norton) of the text->video and video->text CEs
+    paragraph_weight: float = 0.0  # Norton's video-paragraph loss weight (0.1); needs data.sentence_groups > 0
+    paragraph_prompt_ratio: float = 0.3  # bucket = int(ratio * N)-th smallest aligned clip-caption cost
+    paragraph_epsilon: float = 0.1  # entropic regularisation of the clip-caption bucket OT
+    paragraph_iters: int = 50  # log-Sinkhorn iterations of the bucket OT
+    paragraph_scale: float = 14.285714285714286  # logit scale of the paragraph logits (Norton: fixed 1/0.07)
     aux_weight: float = 1.0  # global multiplier of every head auxiliary loss
 
 
@@ -119,7 +141,8 @@ class TrainCfg:
     grad_accum_steps: int = 1  # micro-steps per optimiser step (adds no negatives to the contrastive loss)
     lr: float = 1e-4  # learning rate of new modules (heads, temporal, prompts)
     clip_lr: float = 1e-7  # learning rate of the CLIP backbone
-    weight_decay: float = 0.2  # AdamW decay (never on biases, norms, embeddings, logit scale, prompts)
+    weight_decay: float = 0.2  # AdamW decay (vidclip groups: never on biases, norms, embeddings, logit scale, prompts)
+    param_groups: str = "vidclip"  # vidclip | prompt_switch_reference | clip4clip_reference (vidclip.engine.optim)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
     eps: float = 1e-6  # AdamW epsilon
     warmup_ratio: float = 0.1  # linear warm-up as a fraction of the total steps
@@ -142,12 +165,14 @@ class EvalCfg:
     split: str = "test"  # which list of the data block to evaluate: test | val | train
     mode: str = "clip4clip"  # clip4clip (published protocol, bit for bit) | strict (one rank per query, pessimistic)
     multi_caption: str = "auto"  # auto | yes | no: treat several captions per video as the MSVD protocol
-    postprocess: str = "none"  # none | dsl_camoe | dsl_ts2net | dsl_clipvip | dsl_emcl | qbnorm | sknorm
+    postprocess: str = "none"  # POSTPROCESSORS registry: none | dsl_{camoe,ts2net,clipvip,emcl} | qbnorm | sknorm
     query_bank_list: Optional[str] = None  # training-caption list for qbnorm / sknorm (never test queries)
     query_bank_size: Optional[int] = None  # subsample the query bank to at most N captions
+    video_bank_size: Optional[int] = None  # sknorm v2t: first N training videos in the video bank (None: all, 0: none)
     batch_size: int = 16  # videos per encoding batch
     text_chunk: int = 256  # texts per similarity block
     video_chunk: int = 256  # videos per similarity block
+    max_block_mb: Optional[float] = 512.0  # memory budget of one similarity block's intermediates (null: chunks as set)
     output: Optional[str] = None  # metrics.json path (default: <train.output_dir>/metrics.json)
 
 
@@ -186,9 +211,15 @@ class Config:
 # Values with a closed set of choices that are not variants (variants live in registries, below).
 CHOICES: Dict[str, Sequence[str]] = {
     "model.precision": ("fp32", "fp16", "bf16"),
+    "model.padded_frames": ("zero_features", "encode_zero_image"),
+    "model.prompt.aggregation": ("chunk", "model_frames"),
+    "train.param_groups": ("vidclip", "prompt_switch_reference", "clip4clip_reference"),
     "data.slice": ("head", "tail", "uniform"),
     "data.train_augment": ("none", "crop_flip"),
     "data.caption_sampling": ("random", "all"),
+    "train.loss.rectify_rows": ("video", "text"),
+    "train.loss.directions": ("mean", "sum"),
+    "data.decode_device": ("cpu", "cuda"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "eval.split": ("test", "val", "train"),
     "eval.mode": ("clip4clip", "strict"),
@@ -428,6 +459,9 @@ def validate_config(cfg: DictConfig) -> None:
     if data.num_frames < 1:
         raise ConfigError(f"data.num_frames={data.num_frames} must be at least 1")
     _check_counts(cfg)
+    if data.decode_device != "cpu" and not READERS.info(data.reader_backend, "gpu_decode", False):
+        raise ConfigError(f"data.decode_device={data.decode_device} needs data.reader_backend set to one of "
+                          f"{', '.join(READERS.names(gpu_decode=True))} (got {data.reader_backend})")
     _check_image_size(cfg)
     _check_head_frames(cfg)
     uses_chunks = model.prompt.enabled or any(
@@ -442,6 +476,8 @@ def validate_config(cfg: DictConfig) -> None:
                     f"{key}={frames} is not a multiple of model.prompt.num_prompts={p}: the prompt cube and the "
                     f"prompt_switch sampler work on chunks of {p} frames. Set {key} to a multiple of {p} "
                     f"(e.g. {max(p, frames // p * p)})")
+    if model.prompt.enabled:
+        _check_prompt_aggregation(model.prompt, data.num_frames, test_frames)
     if model.patch_shift_blocks and data.num_frames != test_frames:
         _logger.info("patch shift with different train/test frame counts: shift is applied per video, which is fine")
     _validate_head(cfg)
@@ -452,6 +488,22 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"eval.postprocess={cfg.eval.postprocess} needs a query bank of training captions: set "
             "eval.query_bank_list (or data.train_list). Test queries are never used as a bank.")
+
+
+def _check_prompt_aggregation(prompt: Any, num_frames: int, test_frames: int) -> None:
+    """``model_frames`` aggregation: a group is whole chunks and every video is whole groups."""
+    if prompt.aggregation != "model_frames":
+        return
+    span, p = prompt.aggregation_frames, prompt.num_prompts
+    if span is None or span < 1 or span % p:
+        raise ConfigError(f"model.prompt.aggregation=model_frames needs model.prompt.aggregation_frames, a positive "
+                          f"multiple of model.prompt.num_prompts={p} (got {span}); the reference uses the training "
+                          "data.num_frames (${data.num_frames} in a YAML file)")
+    for key, frames in (("data.num_frames", num_frames), ("data.test_num_frames", test_frames)):
+        if frames % span:
+            raise ConfigError(f"{key}={frames} is not a multiple of model.prompt.aggregation_frames={span}: the "
+                              f"prompt aggregation works on groups of {span} frames. Set {key} to a multiple of "
+                              f"{span} or model.prompt.aggregation=chunk")
 
 
 # Counts that must be positive (a zero would fail late, mid-run, or silently do nothing).
@@ -472,6 +524,13 @@ def _check_counts(cfg: DictConfig) -> None:
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise ConfigError(f"train.max_steps={cfg.train.max_steps} must be at least 1; set train.max_steps=null to "
                           "train for train.epochs instead")
+    betas = list(cfg.train.betas)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"train.betas={betas} must be two numbers in [0, 1), e.g. train.betas=[0.9,0.98]")
+    temporal = cfg.model.temporal
+    if temporal.type == "seq_transformer" and temporal.num_layers < 1:
+        raise ConfigError(f"model.temporal.num_layers={temporal.num_layers} must be at least 1 for "
+                          "model.temporal.type=seq_transformer (or use model.temporal.type=mean)")
 
 
 def _check_image_size(cfg: DictConfig) -> None:
@@ -504,6 +563,11 @@ def _validate_head(cfg: DictConfig) -> None:
 def save_config(cfg: DictConfig, run_dir: Union[str, Path]) -> Path:
     """Write the resolved config to ``<run_dir>/config.yaml`` atomically and return the path."""
     return atomic_write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def default_values() -> Dict[str, Any]:
+    """Every key's default (no architecture, no file) as a plain dict, e.g. to compare with older records."""
+    return OmegaConf.to_container(OmegaConf.structured(Config), resolve=True)  # type: ignore[return-value]
 
 
 def to_container(cfg: DictConfig) -> Dict[str, Any]:

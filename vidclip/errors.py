@@ -28,3 +28,8 @@ class CheckpointError(VidclipError):
 
 class NonFiniteError(VidclipError, FloatingPointError):
     """A NaN or inf appeared in a loss, similarity or transport plan."""
+
+
+class IntegrityError(VidclipError):
+    """An artefact does not match what reads or resumes it (other settings, weights or inputs), or a file of it is
+    truncated or corrupt. The message names the file, the differing key(s) and the way out."""

@@ -20,6 +20,7 @@ dsl_emcl       t2v: S * softmax(S / 0.01, dim=0) * N_texts;                    c
                v2t: S * softmax(S / 0.01, dim=1) * N_texts
 qbnorm         GLSCL QB-Norm: k=1, beta=70, theta=3 (t2v) / 5 (v2t)            cosine (beta * S)
 sknorm         UCoFiA SK-norm: S + log_softmax(log b) per gallery column       logits
+               (with ``levels``: per level with its own bank, then the mean)
 =============  ==============================================================  =================
 
 Query banks (``qbnorm``, ``sknorm``) are similarities of TRAINING queries against the test gallery, passed as a
@@ -238,8 +239,19 @@ def sk_norm_levels(levels_test: Mapping[str, ArrayLike], levels_bank: Mapping[st
 @POSTPROCESSORS.register("sknorm", needs_query_bank=True)
 def sknorm_postprocess(sim: ArrayLike, bank_sim: ArrayLike | None = None, *,
                        bank_sim_v2t: ArrayLike | None = None, units: str = "cosine", logit_scale: float = 100.0,
-                       n_iters: int = 4, **unused: Any) -> tuple[dict[str, ArrayLike], str]:
-    """Single-level SK-norm on logits; t2v bias per video column, v2t bias per text row (with ``bank_sim_v2t``)."""
+                       n_iters: int = 4, levels: Mapping[str, ArrayLike] | None = None,
+                       bank_levels: Mapping[str, ArrayLike] | None = None,
+                       bank_levels_v2t: Mapping[str, ArrayLike] | None = None,
+                       **unused: Any) -> tuple[dict[str, ArrayLike], str]:
+    """SK-norm on logits; t2v bias per video column, v2t bias per text row (with ``bank_sim_v2t``).
+
+    With ``levels`` (a multi-level head such as UCoFiA: level name -> (N_t, N_v) in ``units``) it is UCoFiA's
+    evaluation: every level gets the bias of its own bank level, then the levels are averaged (``sim`` only gives the
+    output type). ``bank_levels``: level -> (N_bank_texts, N_v) training captions vs the test videos (t2v);
+    ``bank_levels_v2t``: level -> (N_bank_videos, N_t) training videos vs the test texts (v2t).
+    """
+    if levels is not None:
+        return _sknorm_per_level(sim, levels, bank_levels, bank_levels_v2t, units, logit_scale, n_iters)
     raw = _to_float64(sim)  # (N_t, N_v) in ``units``; banks are checked in the same units
     s = convert_units(raw, units, "logits", logit_scale)
     bank = convert_units(check_bank(bank_sim, raw, "sknorm", "bank_sim"), units, "logits", logit_scale)
@@ -250,6 +262,29 @@ def sknorm_postprocess(sim: ArrayLike, bank_sim: ArrayLike | None = None, *,
     else:
         bank_v = convert_units(check_bank(bank_sim_v2t, raw.T, "sknorm", "bank_sim_v2t"), units, "logits", logit_scale)
         v2t, label = sk_norm(s.T, bank_v, n_iters).T, label + ", both directions)"
+    return {"t2v": _like(t2v, sim), "v2t": _like(v2t, sim)}, label
+
+
+def _sknorm_per_level(sim: ArrayLike, levels: Mapping[str, ArrayLike], bank_levels: Mapping[str, ArrayLike] | None,
+                      bank_levels_v2t: Mapping[str, ArrayLike] | None, units: str, logit_scale: float,
+                      n_iters: int) -> tuple[dict[str, ArrayLike], str]:
+    """UCoFiA's per-level SK-norm in both directions (see :func:`sknorm_postprocess`)."""
+    if bank_levels is None:
+        raise ValueError("post-processing 'sknorm' per level needs bank_levels: similarities of TRAINING captions "
+                         "against the test gallery, per level (set eval.query_bank_list or data.train_list)")
+
+    def logits(mats: Mapping[str, ArrayLike]) -> dict[str, torch.Tensor]:
+        return {k: convert_units(_to_float64(v), units, "logits", logit_scale) for k, v in mats.items()}
+
+    test = logits(levels)  # level -> (N_t, N_v)
+    t2v = sk_norm_levels(test, logits(bank_levels), n_iters)
+    names = ", ".join(sorted(test))
+    label = f"sknorm per level ({names}: Sinkhorn-Knopp {n_iters} iterations on each level's logits, then the mean"
+    if bank_levels_v2t is None:
+        v2t, label = torch.stack(list(test.values())).mean(0), label + "; v2t untouched: no video bank)"
+    else:
+        transposed = {k: v.T for k, v in test.items()}  # (N_v, N_t)
+        v2t, label = sk_norm_levels(transposed, logits(bank_levels_v2t), n_iters).T, label + ", both directions)"
     return {"t2v": _like(t2v, sim), "v2t": _like(v2t, sim)}, label
 
 

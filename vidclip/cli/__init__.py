@@ -15,7 +15,7 @@ SUBCOMMANDS = {
     "eval": ("eval", "retrieval evaluation, writes metrics.json"),
     "extract": ("extract", "offline video embeddings into sharded safetensors"),
     "search": ("search", "text-to-video search over extracted embeddings"),
-    "prepare-data": ("prepare_data", "convert MSR-VTT / MSVD / DiDeMo annotations to unified JSONL"),
+    "prepare-data": ("prepare_data", "convert MSR-VTT / MSVD / DiDeMo / ActivityNet annotations to unified JSONL"),
     "make-synthetic": ("make_synthetic", "write the built-in synthetic video-text dataset"),
     "demo": ("demo", "the end-to-end demo on the synthetic dataset"),
 }
@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vidclip: unknown subcommand '{name}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"{__name__}.{SUBCOMMANDS[name][0]}")
-    return int(module.main(rest) or 0)
+    from .common import exit_on_expected_errors
+
+    return exit_on_expected_errors(lambda: module.main(rest))  # expected faults: one line, exit status 2
 
 
 if __name__ == "__main__":

@@ -20,3 +20,19 @@ def setup_logging(level: int = logging.INFO, main_process: bool = True) -> None:
 def is_main_process() -> bool:
     """Rank 0 of a ``torchrun`` / ``accelerate launch`` job (or a plain single process), from the environment."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def exit_on_expected_errors(body) -> int:
+    """Run ``body()``; an expected fault (any ``VidclipError``) is one logged line and exit status 2, no traceback.
+
+    Every such error names the file or key at fault and the way out; set ``VIDCLIP_TRACEBACK=1`` to see the stack.
+    """
+    from ..errors import VidclipError
+
+    try:
+        return int(body() or 0)
+    except VidclipError as exc:
+        if os.environ.get("VIDCLIP_TRACEBACK"):
+            raise
+        logging.getLogger("vidclip").error("%s: %s", type(exc).__name__, exc)
+        return 2

@@ -15,9 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eval_retrieval", description="Retrieval evaluation of a model or of "
                                      "cached embeddings; prints a metrics table and writes metrics.json.")
     parser.add_argument("--config", required=True, help="experiment YAML (see configs/)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", help="vidclip checkpoint (run dir, step dir or model.safetensors)")
-    source.add_argument("--embeddings", help="directory written by tools/extract_embeddings.py")
+    parser.add_argument("--checkpoint", help="vidclip checkpoint (run dir, step dir or model.safetensors); with "
+                        "--embeddings it must be the model recorded with them")
+    parser.add_argument("--embeddings", help="directory written by tools/extract_embeddings.py; texts are encoded "
+                        "with the model recorded there")
     parser.add_argument("--output", help="metrics.json path (default: eval.output or <train.output_dir>/metrics.json)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
@@ -38,7 +39,8 @@ def format_report(report: dict[str, Any], out: Any) -> str:
         lines += ["without post-processing:\n" + format_metrics_table(report["raw"]), f"with {report['postprocess']}:"]
     lines.append(format_metrics_table({"t2v": report["t2v"], "v2t": report["v2t"]}))
     lines.append(f"videos {report['num_videos']} (failed {report['num_failed_videos']}), texts {report['num_texts']}, "
-                 f"{report['timing_s']['total']:.1f} s, peak RSS {report['peak_rss_mb']:.0f} MB -> {out}")
+                 f"{report['timing_s']['total']:.1f} s (similarity {report['similarity_us_per_pair']:.2f} us/pair), "
+                 f"peak RSS {report['peak_rss_mb']:.0f} MB -> {out}")
     return "\n".join(lines)
 
 
@@ -48,8 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..config import load_config
     from ..engine.evaluate import run_evaluation
 
-    cfg = load_config(args.config, args.overrides)
-    report, out = run_evaluation(cfg, checkpoint=args.checkpoint, embeddings=args.embeddings, output=args.output,
-                                 device=args.device)
-    print(format_report(report, out))
-    return 0
+
+    def body() -> int:
+        cfg = load_config(args.config, args.overrides)
+        report, out = run_evaluation(cfg, checkpoint=args.checkpoint, embeddings=args.embeddings,
+                                     output=args.output, device=args.device)
+        print(format_report(report, out))
+        return 0
+
+    return body()

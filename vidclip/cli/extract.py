@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--checkpoint", help="vidclip checkpoint or open_clip weights (default: model.pretrained)")
     parser.add_argument("--shard-size", type=int, default=None, help="videos per shard (default extract.shard_size)")
-    parser.add_argument("--resume", action="store_true", help="skip shards already written")
+    parser.add_argument("--resume", action="store_true", help="continue an extraction of the same config, weights, "
+                        "inputs and shard size (damaged shards are redone; anything else is refused)")
+    parser.add_argument("--overwrite", action="store_true", help="discard an earlier extraction in --out first")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     return parser
 
@@ -36,8 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..engine.extract import extract_embeddings
 
     overrides = list(args.overrides) + ([f"extract.shard_size={args.shard_size}"] if args.shard_size else [])
-    cfg = load_config(args.config, overrides)
-    summary = extract_embeddings(cfg, args.videos, Path(args.out), checkpoint=args.checkpoint, resume=args.resume)
-    if summary["is_main_process"]:
-        print(f"extracted {summary['manifest_lines']} videos ({summary['failed']} failed) into {args.out}")
-    return 0
+
+    def body() -> int:
+        cfg = load_config(args.config, overrides)
+        summary = extract_embeddings(cfg, args.videos, Path(args.out), checkpoint=args.checkpoint,
+                                     resume=args.resume, overwrite=args.overwrite)
+        if summary["is_main_process"]:
+            print(f"extracted {summary['manifest_lines']} videos ({summary['failed']} failed) into {args.out}")
+        return 0
+
+    return body()

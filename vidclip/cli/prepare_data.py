@@ -1,4 +1,5 @@
-"""``vidclip prepare-data`` / ``tools/prepare_data.py {msrvtt,msvd,didemo} --annotations DIR --videos DIR --out DIR``.
+"""``vidclip prepare-data`` / ``tools/prepare_data.py {msrvtt,msvd,didemo,activitynet} --annotations DIR --videos DIR
+--out DIR``.
 
 Prints one row per written split and the checks that failed; see :mod:`vidclip.data.prepare`.
 """
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from ..data import prepare as prep
 from ..errors import DataListError
+from ..registry import DATASETS
 from . import common
 
 _logger = logging.getLogger(__name__)
@@ -19,14 +21,14 @@ _logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prepare_data.py", description=prep.__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=prep.DATASETS)
+    parser.add_argument("dataset", choices=DATASETS.names())
     parser.add_argument("--annotations", required=True, type=Path, help="folder holding the official files")
     parser.add_argument("--videos", required=True, type=Path, help="videos root the lists' paths are relative to")
     parser.add_argument("--out", required=True, type=Path, help="folder for <dataset>_<split>.jsonl")
     parser.add_argument("--ext", default=None, help="video file extension, e.g. .mp4 (default: whatever is on disk, "
-                        "else .mp4 for MSR-VTT, .avi for MSVD, the original name for DiDeMo)")
+                        "else .mp4 for MSR-VTT and ActivityNet, .avi for MSVD, the original name for DiDeMo)")
     parser.add_argument("--val-size", type=int, default=prep.MSRVTT_VAL_SIZE,
-                        help="MSR-VTT: videos held out of the 9k training ids for validation")
+                        help="MSR-VTT / ActivityNet: videos held out of the training ids for validation")
     parser.add_argument("--drop-missing", action="store_true", help="leave videos not found on disk out of the lists")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a count or checksum check fails")
     parser.add_argument("--expected", type=Path, default=None,
@@ -41,6 +43,7 @@ def format_report(report: prep.PrepareReport) -> str:
         lines.append(f"{split:<22} {info['videos']:>7} {info['captions']:>9} {info.get('sentences', '-'):>9} "
                      f"{info['missing_videos']:>8}  {info['path']}")
     lines += [f"not written: {split} ({why})" for split, why in report.missing_splits.items()]
+    lines += [f"note: {note}" for note in report.notes]
     lines += [f"CHECK FAILED: {p}" for p in report.problems] or ["all checks passed"]
     return "\n".join(lines)
 

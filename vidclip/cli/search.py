@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..engine.search import INDEX_TYPES
+from ..errors import ConfigError
 from . import common
 
 
@@ -45,9 +46,15 @@ def format_hits(results: dict, reranked: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     common.setup_logging(level=logging.WARNING)
     args = parse_args(argv)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..engine.search import VideoSearcher
     from ..engine.search_html import write_results_page
 
+    if args.k < 1 or (args.rerank and args.rerank_k < 1):
+        raise ConfigError(f"--k {args.k} / --rerank-k {args.rerank_k}: must be at least 1")
     searcher = VideoSearcher(args.index, args.index_type, checkpoint=args.checkpoint)
     results = {q: searcher.search(q, args.k, args.rerank, args.rerank_k) for q in args.query}
     if args.json:

@@ -17,6 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const="auto", default=None,
                         help="'auto' (default when given without value): newest checkpoint of train.output_dir, "
                              "or a run directory / checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true", help="train.output_dir holds checkpoints: delete them "
+                        "and start over (without it, such a folder is refused unless --resume)")
+    parser.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                        help="with --resume: accept a changed config key that alters the optimisation (logged); "
+                             "repeat for several")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     return parser
 
@@ -31,5 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..config import load_config
     from ..engine.train import train
 
-    train(load_config(args.config, args.overrides), resume=args.resume)
-    return 0
+
+    def body() -> int:
+        train(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite,
+              allow_changes=args.allow_change)
+        return 0
+
+    return body()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +13,7 @@ from omegaconf import DictConfig
 from ..errors import ConfigError
 from .dataset import VideoTextDataset
 from .lists import read_list
+from .readers import open_video
 from .samplers import sampler_from_config
 from .transforms import create_video_transform
 
@@ -33,6 +36,17 @@ def build_transform(cfg: DictConfig, train: bool, generator: Optional[torch.Gene
     return create_video_transform(cfg.data.image_size, train=train, augment=augment, generator=generator)
 
 
+def build_reader_factory(cfg: DictConfig) -> Callable:
+    """``path -> reader`` for ``data.reader_backend`` on ``data.decode_device`` (picklable for DataLoader workers)."""
+    return partial(open_video, backend=cfg.data.reader_backend, device=cfg.data.decode_device)
+
+
+def worker_context(cfg: DictConfig) -> Optional[str]:
+    """DataLoader ``multiprocessing_context``: ``spawn`` when workers decode on a GPU (CUDA cannot run in a forked
+    child of a process that already uses it), else the platform default (None)."""
+    return "spawn" if cfg.data.decode_device != "cpu" and cfg.data.num_workers > 0 else None
+
+
 def list_path_for(cfg: DictConfig, split: str) -> Path:
     """Path of the data list of ``split`` (train | val | test), with an error naming the key when unset."""
     key = SPLIT_KEYS.get(split)
@@ -52,13 +66,39 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, seed: Optional[int] 
     records = read_list(list_path_for(cfg, split))
     if cfg.data.max_videos:
         records = records[: cfg.data.max_videos]
+    sampler = build_sampler(cfg, train)
     return VideoTextDataset(
         records,
         videos_root=cfg.data.videos_root,
-        sampler=build_sampler(cfg, train),
+        sampler=sampler,
         transform=build_transform(cfg, train),
         mode="train" if train else "eval",
         caption_sampling=cfg.data.caption_sampling,
         backend=cfg.data.reader_backend,
         seed=cfg.train.seed if seed is None else seed,
+        reader_factory=build_frame_reader(cfg, records, sampler, train),
+        sentence_groups=int(cfg.data.sentence_groups) if train else 0,
     )
+
+
+def build_frame_reader(cfg: DictConfig, records, sampler, train: bool) -> Callable:
+    """``path -> reader``: decoding readers, or with ``data.frame_cache`` the cache's (decoding what it lacks first)."""
+    factory = build_reader_factory(cfg)
+    data = cfg.data
+    if not data.frame_cache:
+        return factory
+    if train and data.sentence_groups:
+        raise ConfigError(f"data.frame_cache={data.frame_cache} caches the frames of whole videos, but "
+                          f"data.sentence_groups={data.sentence_groups} samples frames inside each sentence's moment: "
+                          "set data.frame_cache=null for this run")
+    if train and data.train_augment != "none":
+        raise ConfigError(f"data.frame_cache={data.frame_cache} stores frames already resized to data.image_size, but "
+                          f"data.train_augment={data.train_augment} crops the full-size frames first: set "
+                          "data.train_augment=none or data.frame_cache=null")
+    from .frame_cache import build_frame_cache
+
+    backend = data.reader_backend if data.decode_device == "cpu" else f"{data.reader_backend}@{data.decode_device}"
+    cache = build_frame_cache(data.frame_cache, records, data.videos_root, sampler, data.image_size, backend=backend,
+                              num_workers=data.num_workers, reader_factory=factory,
+                              multiprocessing_context=worker_context(cfg))
+    return cache.open_reader

@@ -1,4 +1,5 @@
-"""Official annotation files of MSR-VTT, MSVD and DiDeMo -> ``VideoRecord`` lists (pure parsing, no disk scans).
+"""Official annotation files of MSR-VTT, MSVD, DiDeMo and ActivityNet Captions -> ``VideoRecord`` lists (pure
+parsing, no disk scans).
 
 Every reader raises ``DataListError`` naming the file (and row or key) when a file does not have the expected layout.
 Where a video lives on disk is decided by the caller through ``path_for(video_id, raw_name) -> relative path``.
@@ -11,11 +12,14 @@ Formats (shared/docs/landscape.md §4.5, methods.md §1.2-1.4):
   (``{id: [caption, ...]}``); ``{train,val,test}_list.txt``: one id per line.
 - DiDeMo ``{split}_data.json``: ``[{"annotation_id", "description", "video", "times": [[s, e], ...]}]`` with ``times``
   in 5-second chunks (one pair per annotator); ``{split}_list.txt``: video file names (odd or missing extensions).
+- ActivityNet Captions ``{train,val_1,val_2}.json``: ``{"v_<id>": {"duration", "timestamps": [[s, e], ...],
+  "sentences": [...]}}`` (seconds); CLIP4Clip id lists ``{train,val}_ids.json``: a JSON list of ``v_<id>``.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import pickle
 from collections import Counter
@@ -36,9 +40,20 @@ def default_path_for(ext: str) -> PathFor:
 
 
 # ------------------------------------------------------------------------------------------------- shared readers
+def read_text_utf8(path: Path) -> str:
+    """A file's text; a missing file or one that is not UTF-8 raises ``DataListError`` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataListError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-download it or re-save it "
+                            "as UTF-8") from exc
+    except OSError as exc:
+        raise DataListError(f"{path}: cannot read ({exc.strerror or exc}); check the path") from exc
+
+
 def read_id_list(path: Path) -> list[str]:
     """Ids of a one-per-line split file (blank lines skipped); duplicates raise ``DataListError``."""
-    ids = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [line.strip() for line in read_text_utf8(path).splitlines() if line.strip()]
     _refuse_duplicates(ids, path)
     return ids
 
@@ -51,19 +66,28 @@ def _refuse_duplicates(ids: Sequence[str], path: Path) -> None:
 
 def _load_json(path: Path):
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(read_text_utf8(path))
     except json.JSONDecodeError as exc:
         raise DataListError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-download the file") from exc
 
 
 def _csv_rows(path: Path, header: Sequence[str]) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [h for h in header if h not in (reader.fieldnames or [])]
-        if missing:
-            raise DataListError(f"{path}: header {reader.fieldnames} lacks column(s) {missing}; expected a header "
-                                f"line '{','.join(header)}'")
-        return [dict(row) for row in reader]
+    """Rows of a CSV file with ``header``; a short row (a missing field would become the text "None") or extra
+    fields raise ``DataListError`` naming the file and line."""
+    reader = csv.DictReader(io.StringIO(read_text_utf8(path), newline=""))
+    missing = [h for h in header if h not in (reader.fieldnames or [])]
+    if missing:
+        raise DataListError(f"{path}: header {reader.fieldnames} lacks column(s) {missing}; expected a header "
+                            f"line '{','.join(header)}'")
+    rows = []
+    for row in reader:
+        absent = [h for h in header if row.get(h) is None]
+        if absent or None in row:
+            what = f"no value for {absent}" if absent else f"extra fields {row[None]}"
+            raise DataListError(f"{path}:{reader.line_num}: {what}; every row needs the {len(reader.fieldnames)} "
+                                f"columns of the header (quote fields that contain commas)")
+        rows.append(dict(row))
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------------- MSR-VTT
@@ -233,3 +257,60 @@ def didemo_records(moments: Sequence[dict], list_names: Sequence[str], path_for:
         records.append(VideoRecord(video_id=vid, path=path_for(vid, raw_name), captions=[paragraph],
                                    sentences=sentences))
     return records, unannotated
+
+
+# -------------------------------------------------------------------------------------------------- ActivityNet
+ACTIVITYNET_ID_PREFIX = "v_"  # caption-file keys are "v_<YouTube id>"; CLIP4Clip names its video files without it
+
+
+def read_json_id_list(path: Path) -> list[str]:
+    """Ids of a JSON list file (ActivityNet ``train_ids.json`` / ``val_ids.json``); duplicates raise."""
+    data = _load_json(path)
+    if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
+        raise DataListError(f"{path}: expected a JSON list of video id strings")
+    ids = [v.strip() for v in data if v.strip()]
+    _refuse_duplicates(ids, path)
+    return ids
+
+
+def read_activitynet_captions(path: Path) -> dict[str, dict]:
+    """``{video_id: {"duration", "timestamps", "sentences"}}`` of an ActivityNet Captions ``train.json`` /
+    ``val_1.json`` / ``val_2.json``, validated (one ``[start, end]`` pair per sentence)."""
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise DataListError(f"{path}: expected an object video_id -> {{duration, timestamps, sentences}}, got "
+                            f"{type(data).__name__}")
+    for vid, entry in data.items():
+        _require_keys(entry, ("duration", "timestamps", "sentences"), path, f"video '{vid}'")
+        sentences, stamps = entry["sentences"], entry["timestamps"]
+        if not isinstance(sentences, list) or not sentences or not all(isinstance(s, str) for s in sentences):
+            raise DataListError(f"{path}: video '{vid}': 'sentences' must be a non-empty list of strings")
+        if not isinstance(stamps, list) or len(stamps) != len(sentences) or not all(
+                isinstance(t, (list, tuple)) and len(t) == 2 for t in stamps):
+            raise DataListError(f"{path}: video '{vid}': 'timestamps' must hold one [start, end] pair per sentence "
+                                f"({len(sentences)} sentences, timestamps {stamps!r})")
+    return data
+
+
+def activitynet_records(captions: dict[str, dict], ids: Sequence[str], path_for: PathFor
+                        ) -> tuple[list[VideoRecord], list[str]]:
+    """Paragraph records of the ``ids`` (in that order) found in the caption file, and the ids that are not in it.
+
+    The paragraph (the record's single caption) joins the video's sentences, each stripped, with one space: the same
+    open_clip / CLIP4Clip tokens as CLIP4Clip's ``" ".join(sentences)`` (the tokenizer collapses whitespace, and the
+    files start most sentences with a space). ``sentences`` keep each sentence with its timestamps in seconds as
+    given (real files: a few end after ``duration`` or start after they end); ``start``/``end`` stay None: the
+    target is the whole video (CLIP4Clip reads 0 to ceil(duration)). ``meta.duration``: the file's duration (s).
+    """
+    records, uncaptioned = [], []
+    for vid in ids:
+        entry = captions.get(vid)
+        if entry is None:
+            uncaptioned.append(vid)
+            continue
+        sentences = [{"text": str(text).strip(), "start": float(s), "end": float(e)}
+                     for text, (s, e) in zip(entry["sentences"], entry["timestamps"])]
+        paragraph = " ".join(s["text"] for s in sentences)
+        records.append(VideoRecord(video_id=vid, path=path_for(vid, None), captions=[paragraph], sentences=sentences,
+                                   meta={"duration": float(entry["duration"])}))
+    return records, uncaptioned

@@ -40,6 +40,11 @@ class VideoTextDataset(Dataset):
         seed: seeds caption choice and random frame sampling: item i of epoch e is a function of (seed, e, i).
         reader_factory: ``path -> reader`` (default ``open_video(path, backend)``); the reader is a context manager.
         max_failures_logged: distinct failed videos logged with a warning; later ones are logged at debug level.
+        sentence_groups: training only; > 0 makes each item a group of up to this many timed sentences of one video
+            (``record.sentences``, a random run of consecutive ones when there are more; a record without sentences
+            is one group of its caption over its whole span), each sentence paired with frames sampled inside its
+            moment: ``video`` (K, T, 3, S, S), ``video_mask`` (K, T), ``caption`` a list of K sentences,
+            ``group_size`` K. Norton's video-paragraph loss needs these groups.
 
     Raises:
         DataListError: a record's path escapes ``videos_root`` (checked for every record up front).
@@ -50,7 +55,7 @@ class VideoTextDataset(Dataset):
 
     def __init__(self, records: Sequence[VideoRecord], videos_root: str, sampler: Callable, transform: Callable,
                  mode: str = "train", caption_sampling: str = "random", backend: str = "auto", seed: int = 0,
-                 reader_factory: Callable | None = None, max_failures_logged: int = 20):
+                 reader_factory: Callable | None = None, max_failures_logged: int = 20, sentence_groups: int = 0):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         if caption_sampling not in ("random", "all"):
@@ -69,6 +74,9 @@ class VideoTextDataset(Dataset):
         self.text_to_video: list[int] = [i for i, r in enumerate(self.records) for _ in r.captions]
         self._pairs = ([(i, j) for i, r in enumerate(self.records) for j in range(len(r.captions))]
                        if mode == "train" and caption_sampling == "all" else None)
+        self.sentence_groups = int(sentence_groups) if mode == "train" else 0
+        if self.sentence_groups:
+            self._pairs = None  # one item per video: its sentences are the pairs
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random captions / frame offsets items are drawn from."""
@@ -105,11 +113,20 @@ class VideoTextDataset(Dataset):
     def load_video(self, video_index: int, rng: np.random.Generator | None = None):
         """(frames float (T, 3, S, S), mask bool (T,)) of a record; raises VideoDecodeError."""
         record = self.records[video_index]
+        return self.load_moments(video_index, [(record.start, record.end)], rng)[0]
+
+    def load_moments(self, video_index: int, spans: Sequence[tuple[float | None, float | None]],
+                     rng: np.random.Generator | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(frames (T, 3, S, S), mask (T,)) for each (start, end) seconds span of one video, decoded with one reader."""
         with self.reader_factory(str(self._paths[video_index])) as reader:
-            picked = self.sampler(reader.num_frames, reader.fps, start=record.start, end=record.end,
-                                  generator=rng if self.mode == "train" else None)
-            valid = np.asarray(picked.mask, dtype=bool)
-            frames = reader.get_frames(np.asarray(picked.indices)[valid])  # (T_valid, H, W, 3) uint8
+            picked = [self.sampler(reader.num_frames, reader.fps, start=start, end=end,
+                                   generator=rng if self.mode == "train" else None) for start, end in spans]
+            raw = [(np.asarray(p.mask, dtype=bool), reader.get_frames(np.asarray(p.indices)[np.asarray(p.mask, bool)]))
+                   for p in picked]  # [(valid (T,), uint8 (T_valid, H, W, 3))]
+        return [self._to_pixels(frames, valid, rng) for valid, frames in raw]
+
+    def _to_pixels(self, frames: np.ndarray, valid: np.ndarray, rng: np.random.Generator | None):
+        """uint8 (T_valid, H, W, 3) decoded frames -> (float (T, 3, S, S) with zero padding slots, mask (T,))."""
         torch_gen = None
         if self.mode == "train" and rng is not None:  # augmentation drawn from (seed, epoch, index) too
             torch_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
@@ -134,6 +151,8 @@ class VideoTextDataset(Dataset):
         video_index, caption_index = self._pairs[index] if self._pairs is not None else (index, None)
         rng = self._rng(index)
         record = self.records[video_index]
+        if self.sentence_groups:
+            return self._sentence_group(video_index, rng)
         try:
             video, mask = self.load_video(video_index, rng)
         except VideoDecodeError as exc:
@@ -141,3 +160,20 @@ class VideoTextDataset(Dataset):
             return {"failed": record.path, "error": str(exc), "index": video_index, "video_id": record.video_id}
         return {"video": video, "video_mask": mask, "caption": self._caption(video_index, caption_index, rng),
                 "video_id": record.video_id, "index": video_index}
+
+    def _sentence_group(self, video_index: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Item of up to ``sentence_groups`` timed sentences of a video, each with the frames of its moment."""
+        record = self.records[video_index]
+        sentences = record.sentences or [{"text": self._caption(video_index, None, rng), "start": record.start,
+                                          "end": record.end}]
+        if len(sentences) > self.sentence_groups:  # a random run of consecutive sentences
+            first = int(rng.integers(len(sentences) - self.sentence_groups + 1))
+            sentences = sentences[first:first + self.sentence_groups]
+        try:
+            clips = self.load_moments(video_index, [(s.get("start"), s.get("end")) for s in sentences], rng)
+        except VideoDecodeError as exc:
+            self._record_failure(video_index, exc)
+            return {"failed": record.path, "error": str(exc), "index": video_index, "video_id": record.video_id}
+        return {"video": torch.stack([c[0] for c in clips]), "video_mask": torch.stack([c[1] for c in clips]),
+                "caption": [str(s["text"]) for s in sentences], "group_size": len(sentences),
+                "video_id": record.video_id, "index": video_index}  # video (K, T, 3, S, S), video_mask (K, T)

@@ -77,17 +77,22 @@ def read_list(path: Union[str, Path]) -> list[VideoRecord]:
     records: list[VideoRecord] = []
     first_line: dict[str, int] = {}
     empty = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            record = _parse_line(line, path, lineno)
-            if record.video_id in first_line:
-                raise DataListError(f"{path}:{lineno}: duplicate video_id '{record.video_id}' (first on line "
-                                    f"{first_line[record.video_id]}); merge their captions into one line")
-            first_line[record.video_id] = lineno
-            empty += sum(1 for c in record.captions if not c.strip())
-            records.append(record)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = exc.object[: exc.start].count(b"\n") + 1
+        raise DataListError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start}); data lists are UTF-8 "
+                            "JSONL: re-save the file as UTF-8") from exc
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a caption
+        if not line.strip():
+            continue
+        record = _parse_line(line, path, lineno)
+        if record.video_id in first_line:
+            raise DataListError(f"{path}:{lineno}: duplicate video_id '{record.video_id}' (first on line "
+                                f"{first_line[record.video_id]}); merge their captions into one line")
+        first_line[record.video_id] = lineno
+        empty += sum(1 for c in record.captions if not c.strip())
+        records.append(record)
     if empty:
         _logger.warning("%s: %d empty or whitespace-only caption(s) (kept; they encode as SOT+EOT)", path, empty)
     return records

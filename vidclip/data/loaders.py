@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Sampler
 
 from ..errors import ConfigError
+from .builders import worker_context
 from .collate import make_collate
 from .dataset import VideoTextDataset
 
@@ -132,8 +133,11 @@ def build_train_loader(cfg: DictConfig, dataset, num_processes: int = 1) -> Data
         num_workers=workers,
         collate_fn=make_collate(cfg.model.context_length),
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
+        # Workers start afresh every epoch: persistent ones keep the dataset copy of the epoch they started in, so
+        # captions and random frames of later epochs would repeat epoch 0's (dataset.set_epoch never reaches them).
+        persistent_workers=False,
         generator=generator,
+        multiprocessing_context=worker_context(cfg),
     )
 
 
@@ -148,4 +152,5 @@ def build_eval_loader(cfg: DictConfig, dataset: VideoTextDataset, batch_size: in
         collate_fn=make_collate(cfg.model.context_length),
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
+        multiprocessing_context=worker_context(cfg),
     )

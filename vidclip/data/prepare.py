@@ -1,7 +1,7 @@
 """Official annotation files -> unified JSONL data lists (``tools/prepare_data.py`` / ``vidclip prepare-data``).
 
-``prepare_data.py {msrvtt,msvd,didemo} --annotations DIR --videos DIR --out DIR [--ext .mp4]`` converts every split
-whose files it finds (looking in ``DIR/<dataset>``, ``DIR/splits/<dataset>`` and ``DIR``), writes
+``prepare_data.py {msrvtt,msvd,didemo,activitynet} --annotations DIR --videos DIR --out DIR [--ext .mp4]`` converts
+every split whose files it finds (looking in ``DIR/<dataset>``, ``DIR/splits/<dataset>`` and ``DIR``), writes
 ``<out>/<dataset>_<split>.jsonl``, and checks what it read against ``data_lists/expected.json`` (shipped in the
 package as ``vidclip/resources/data_lists/expected.json``, see :data:`DEFAULT_EXPECTED`): each official
 file's sha256 / git blob id and each split's video and caption counts. Videos listed but absent under ``--videos``
@@ -30,6 +30,10 @@ _logger = logging.getLogger(__name__)
 EXTRA_VIDEO_EXTENSIONS = (".wmv", ".mts", ".m2ts", ".3g2")  # DiDeMo originals beyond constants.VIDEO_EXTENSIONS
 DEFAULT_EXPECTED = packaged_path("data_lists", "expected.json")  # data_lists/expected.json links here
 MSRVTT_VAL_SIZE = 500
+ACTIVITYNET_VAL_SIZE = 500
+ACTIVITYNET_HOLDOUT_SALT = "vidclip-activitynet-val-holdout-v1"
+ACTIVITYNET_ID_LISTS = {"train": "train_ids.json", "val_1": "val_ids.json", "val_2": "val_ids.json"}  # CLIP4Clip
+ACTIVITYNET_CE_LISTS = {"train": "train_list.txt", "val_1": "val_1_list.txt", "val_2": "val_2_list.txt"}
 MSRVTT_FULL_SPLITS = {"train": "train_full", "validate": "val_full", "test": "test_full"}
 SHOW = 5  # names shown in log messages before "..."
 
@@ -88,6 +92,8 @@ class Converted:
     missing_splits: dict[str, str] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)  # official file name -> where it was found
     problems: list[str] = field(default_factory=list)  # disagreements with the official facts
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> extra counts checked like list_sizes
+    notes: list[str] = field(default_factory=list)  # expected differences worth showing (e.g. ids left out)
 
 
 @dataclass
@@ -99,6 +105,7 @@ class PrepareReport:
     missing_splits: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     missing_videos: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------- file discovery
@@ -214,7 +221,86 @@ def convert_didemo(annotations: Path, index: VideoIndex) -> Converted:
     return out
 
 
-DATASETS = tuple(DATASET_CONVERTERS.names())  # the built-in converters (registered above)
+@DATASET_CONVERTERS.register("activitynet", default_ext=".mp4",
+                             folder_aliases=("activitynet", "ActivityNet", "activity_net", "anet"))
+def convert_activitynet(annotations: Path, index: VideoIndex, val_size: int = ACTIVITYNET_VAL_SIZE) -> Converted:
+    """Paragraph records of ``train`` / ``val_1`` / ``val_2`` (whichever caption files exist), each restricted to
+    its id list as CLIP4Clip does, plus ``val_holdout`` / ``train_minus_val`` held out of ``train``.
+
+    Id list of a split: the CLIP4Clip ``train_ids.json`` / ``val_ids.json`` when found, else the
+    collaborative-experts ``{split}_list.txt``, else every video of the caption file. Every id list found is compared
+    with its caption file and the ids on one side only are named in ``notes`` (their numbers are checked).
+    """
+    out = Converted()
+    path_for = activitynet_path_for(index)
+    for split in ACTIVITYNET_ID_LISTS:
+        caption_name = f"{split}.json"
+        for name in (caption_name, ACTIVITYNET_ID_LISTS[split], ACTIVITYNET_CE_LISTS[split]):
+            if (path := find_annotation(annotations, "activitynet", name)) is not None:
+                out.files[name] = path
+        if caption_name not in out.files:
+            out.missing_splits[split] = _needs([caption_name], annotations)
+            continue
+        captions = cv.read_activitynet_captions(out.files[caption_name])
+        lists = {name: (cv.read_json_id_list if name.endswith(".json") else cv.read_id_list)(out.files[name])
+                 for name in (ACTIVITYNET_ID_LISTS[split], ACTIVITYNET_CE_LISTS[split]) if name in out.files}
+        for name, ids in lists.items():
+            _compare_id_list(split, caption_name, captions, name, ids, out)
+        if lists:
+            ids = next(iter(lists.values()))
+            out.list_sizes[split] = len(ids)
+        else:
+            ids = list(captions)
+            out.notes.append(f"activitynet {split}: no id list ({ACTIVITYNET_ID_LISTS[split]} or "
+                             f"{ACTIVITYNET_CE_LISTS[split]}) found: every video of {caption_name} is used")
+        out.splits[split], _ = cv.activitynet_records(captions, ids, path_for)
+    if "train" in out.splits:
+        held = set(cv.holdout_ids([r.video_id for r in out.splits["train"]], val_size, ACTIVITYNET_HOLDOUT_SALT))
+        out.splits["val_holdout"] = [r for r in out.splits["train"] if r.video_id in held]
+        out.splits["train_minus_val"] = [r for r in out.splits["train"] if r.video_id not in held]
+    else:
+        for split in ("val_holdout", "train_minus_val"):
+            out.missing_splits[split] = _needs(["train.json"], annotations)
+    return out
+
+
+def activitynet_path_for(index: VideoIndex) -> cv.PathFor:
+    """``path_for`` finding ``v_<id>.*`` (GLSCL / UCoFiA file names) or ``<id>.*`` (CLIP4Clip's) on disk; when neither
+    is there, ``v_<id>`` with the default extension."""
+    prefix = cv.ACTIVITYNET_ID_PREFIX
+
+    def path_for(video_id: str, raw_name: str | None = None) -> str:
+        path = index.path_for(video_id)
+        if index.exists(path) or not video_id.startswith(prefix):
+            return path
+        bare = index.path_for(video_id[len(prefix):])
+        return bare if index.exists(bare) else path
+
+    return path_for
+
+
+def _compare_id_list(split: str, caption_name: str, captions: dict, list_name: str, ids: Sequence[str],
+                     out: Converted) -> None:
+    """Name the ids of ``list_name`` missing from the caption file and the captioned videos missing from the list."""
+    listed = set(ids)
+    uncaptioned = [vid for vid in ids if vid not in captions]
+    unlisted = [vid for vid in captions if vid not in listed]
+    if list_name == ACTIVITYNET_ID_LISTS[split]:
+        out.counts[split] = {"ids_without_captions": len(uncaptioned), "captions_without_ids": len(unlisted)}
+    if uncaptioned:
+        out.notes.append(f"activitynet {split}: {len(uncaptioned)} id(s) of {list_name} are not in {caption_name} "
+                         f"(no captions: left out, as CLIP4Clip does): {_names(uncaptioned)}")
+    if unlisted:
+        out.notes.append(f"activitynet {split}: {len(unlisted)} video(s) of {caption_name} are not in {list_name}"
+                         f"{' (left out: the id list decides)' if list_name in ACTIVITYNET_ID_LISTS.values() else ''}"
+                         f": {_names(unlisted)}")
+    if not uncaptioned and not unlisted:
+        _logger.info("activitynet %s: %s and %s list the same %d videos", split, list_name, caption_name, len(ids))
+
+
+def _names(ids: Sequence[str], limit: int = 50) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
 # --------------------------------------------------------------------------------------------------- checks
@@ -307,7 +393,7 @@ def prepare(dataset: str, annotations: Path, videos: Path, out: Path, ext: str |
     if not annotations.is_dir():
         raise DataListError(f"--annotations {annotations}: folder not found")
     index = VideoIndex(Path(videos), ext, DATASET_CONVERTERS.info(dataset, "default_ext", ".mp4"))
-    kwargs = {"val_size": val_size} if dataset == "msrvtt" else {}
+    kwargs = {"val_size": val_size} if dataset in ("msrvtt", "activitynet") else {}
     converted = DATASET_CONVERTERS.get(dataset)(annotations, index, **kwargs)
     if not converted.splits:
         raise DataListError(f"{dataset}: no split could be converted from {annotations}: "
@@ -317,6 +403,11 @@ def prepare(dataset: str, annotations: Path, videos: Path, out: Path, ext: str |
     report.problems = list(converted.problems) + check_files(converted.files, facts.get("files", {}))
     for split, size in converted.list_sizes.items():
         report.problems += check_counts(dataset, split, {"list_videos": size}, facts.get("splits", {}).get(split, {}))
+    for split, counts in converted.counts.items():
+        report.problems += check_counts(dataset, split, counts, facts.get("splits", {}).get(split, {}))
+    report.notes = list(converted.notes)
+    for note in report.notes:
+        _logger.warning("%s", note)
     out.mkdir(parents=True, exist_ok=True)
     report.missing_videos = _report_missing_videos(dataset, converted, index, out)
     for split, records in converted.splits.items():

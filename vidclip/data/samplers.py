@@ -97,6 +97,18 @@ class FrameSampler:
         first = min(first, n - 1)
         return first, max(first + 1, min(stop, n))
 
+    def candidates(self, video_num_frames: int, fps: float, *, start: float | None = None,
+                   end: float | None = None) -> np.ndarray:
+        """Sorted unique frame indices this sampler can ever return for the video (what a frame cache stores).
+
+        A deterministic sampler: the indices it picks. Otherwise every frame of the window; a random sampler that
+        draws from fewer frames can override this to keep a frame cache small.
+        """
+        if self.deterministic:
+            return np.unique(self(video_num_frames, fps, start=start, end=end).indices)
+        first, stop = self.window(int(video_num_frames), float(fps or 0.0), start, end)
+        return np.arange(first, stop, dtype=np.int64)
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
@@ -251,6 +263,13 @@ class PromptSwitchSampler(FrameSampler):
                 rows.append((highs - lows) // (chunks + 1) * (i + 1) + lows)
         indices = first + np.concatenate(rows)  # (C * P,) chunk-major
         return _padded(indices, self.num_frames, pad_as_content=self.short == "repeat")
+
+    def candidates(self, video_num_frames, fps, *, start=None, end=None):
+        """Training draws from every frame of the window; evaluation picks fixed frames."""
+        if not self.train:
+            return super().candidates(video_num_frames, fps, start=start, end=end)
+        first, stop = self.window(int(video_num_frames), float(fps or 0.0), start, end)
+        return np.arange(first, stop, dtype=np.int64)
 
 
 def create_sampler(name: str, num_frames: int, **kwargs) -> FrameSampler:

@@ -117,6 +117,8 @@ class VideoTransform:
 
     def resize_center_crop(self, frames: np.ndarray) -> np.ndarray:
         """open_clip's evaluation geometry: short side to S, then the centre S x S crop."""
+        if frames.shape[1] == frames.shape[2] == self.image_size:  # PIL's resize to the same size is a copy
+            return frames  # (T, S, S, 3): frames of the decoded-frame cache
         out_height, out_width = resized_short_side(frames.shape[1], frames.shape[2], self.image_size)
         rows, cols = center_crop_slices(out_height, out_width, self.image_size)
         return resize_crop(frames, out_height, out_width, rows, cols)  # (T, S, S, 3)

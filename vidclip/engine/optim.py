@@ -1,9 +1,19 @@
 """Optimiser, learning-rate schedule, layer freezing and logit-scale clamp for fine-tuning CLIP.
 
-* Parameter groups: the CLIP backbone (``frame_encoder.visual...`` and ``text_encoder...``, prompts excluded) trains
-  at ``train.clip_lr``; new modules (temporal, head, prompt cube, captioner, logit scale) at ``train.lr``. Weight
-  decay is never applied to biases, normalisation weights, embeddings (token / positional / class), the logit scale
-  or prompts.
+* Parameter groups (``train.param_groups``):
+
+  - ``vidclip`` (default): the CLIP backbone (``frame_encoder.visual...`` and ``text_encoder...``, prompts excluded)
+    trains at ``train.clip_lr``; new modules (temporal, head, prompt cube, captioner, logit scale) at ``train.lr``.
+    Weight decay is never applied to biases, normalisation weights, embeddings (token / positional / class), the
+    logit scale or prompts.
+  - ``prompt_switch_reference`` (PromptSwitch's ``train.py``): ``train.lr`` only for the parameters its new-module
+    name patterns ('prompt', 'caption', 'pool') catch: the prompt cube's prompts (and vidclip's gates) and the
+    captioner; everything else (backbone, prompt aggregation attention, logit scale, heads, temporal) at
+    ``train.clip_lr``; ``train.weight_decay`` on every tensor.
+  - ``clip4clip_reference`` (CLIP4Clip's ``prep_optimizer``, also UCoFiA's): the backbone and the logit scale (its
+    ``clip.logit_scale``) at ``train.clip_lr``, everything else at ``train.lr``; ``train.weight_decay`` on every
+    tensor whose name does not contain ``bias`` (CLIP4Clip's no-decay names 'LayerNorm.weight/bias' match none of
+    CLIP's ``ln_*`` norms).
 * Schedule: linear warm-up over ``round(warmup_ratio * total)`` optimiser steps (``(step + 1) / warmup``, so the first
   step already learns), then cosine from the peak down to ``min_lr_ratio * peak`` at ``total``.
 * Freezing (``train.freeze_layers = N >= 0``, CLIP4Clip's ``freeze_layer_num``): the patch/token embeddings, conv1,
@@ -50,15 +60,34 @@ def wants_weight_decay(name: str, param: torch.Tensor, by_module: set = frozense
     return not any(key in name for key in NO_DECAY_KEYWORDS)
 
 
-def param_groups(model: nn.Module, lr: float, clip_lr: float, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups ``{clip,new} x {decay,no_decay}`` over trainable parameters (empty groups dropped)."""
+PARAM_GROUP_SCHEMES = ("vidclip", "prompt_switch_reference", "clip4clip_reference")
+# PromptSwitch's new-module parameters (its names contain 'prompt' / 'caption' / 'pool') as named in vidclip
+_PROMPT_SWITCH_NEW = ("frame_encoder.prompt_cube.prompts", "frame_encoder.prompt_cube.prompt_gates", "captioner.")
+
+
+def _tower_and_decay(name: str, param: torch.Tensor, by_module: set, scheme: str) -> tuple[str, bool]:
+    """("clip" | "new", decayed?) of one parameter under a grouping scheme."""
+    if scheme == "prompt_switch_reference":
+        return ("new" if name.startswith(_PROMPT_SWITCH_NEW) else "clip"), True
+    if scheme == "clip4clip_reference":
+        return ("clip" if is_backbone(name) or name == "logit_scale" else "new"), "bias" not in name
+    return ("clip" if is_backbone(name) else "new"), wants_weight_decay(name, param, by_module)
+
+
+def param_groups(model: nn.Module, lr: float, clip_lr: float, weight_decay: float,
+                 scheme: str = "vidclip") -> list[dict]:
+    """AdamW parameter groups ``{clip,new} x {decay,no_decay}`` over trainable parameters (empty groups dropped).
+
+    ``scheme``: ``vidclip`` or ``prompt_switch_reference`` (see the module doc; ``train.param_groups``).
+    """
+    if scheme not in PARAM_GROUP_SCHEMES:
+        raise ValueError(f"train.param_groups='{scheme}' is not one of {', '.join(PARAM_GROUP_SCHEMES)}")
     by_module = _no_decay_by_module(model)
     groups: dict[str, dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        tower = "clip" if is_backbone(name) else "new"
-        decay = wants_weight_decay(name, param, by_module)
+        tower, decay = _tower_and_decay(name, param, by_module, scheme)
         key = f"{tower}_{'decay' if decay else 'no_decay'}"
         group = groups.setdefault(key, {
             "name": key, "params": [], "param_names": [],
@@ -73,7 +102,8 @@ def param_groups(model: nn.Module, lr: float, clip_lr: float, weight_decay: floa
 
 def create_optimizer(model: nn.Module, train_cfg) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` with ``train.betas`` / ``train.eps``."""
-    groups = param_groups(model, train_cfg.lr, train_cfg.clip_lr, train_cfg.weight_decay)
+    groups = param_groups(model, train_cfg.lr, train_cfg.clip_lr, train_cfg.weight_decay,
+                          scheme=getattr(train_cfg, "param_groups", "vidclip"))
     if not groups:
         raise ValueError("no trainable parameters: check train.freeze_layers and the model")
     betas = tuple(float(b) for b in train_cfg.betas)

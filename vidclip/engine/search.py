@@ -7,7 +7,6 @@ it reproduces the coarse score). The index is saved next to the embeddings and r
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -18,8 +17,11 @@ import numpy as np
 import torch
 
 from ..config import load_config
+from ..errors import ConfigError, IntegrityError
 from ..features import l2_normalize
-from .extract import CachedEmbeddings, load_embeddings
+from ..identity import IDENTITY_VERSION, sha256_file, sha256_json
+from ..io import atomic_write, atomic_write_json
+from .extract import MANIFEST, CachedEmbeddings, load_embeddings, load_recorded_model, read_extraction_info
 
 _logger = logging.getLogger(__name__)
 
@@ -65,45 +67,67 @@ def build_faiss_index(embeddings: np.ndarray, index_type: str = "flat", nlist: O
     return index
 
 
-def _manifest_digest(directory: Path) -> str:
-    return hashlib.sha256((directory / "manifest.jsonl").read_bytes()).hexdigest()[:16]
+def _index_identity(directory: Path, index_type: str, rows: int) -> dict:
+    """What a cached index was built from: the extraction's file checksums (manifest + shards), type and rows."""
+    files = read_extraction_info(directory).get("files") or {"manifest": sha256_file(directory / MANIFEST)}
+    return {"format": "vidclip-index", "version": IDENTITY_VERSION, "extraction": sha256_json(files),
+            "index_type": index_type, "rows": int(rows)}
+
+
+def _read_cached_index(path: Path, stamp: Path, identity: dict):
+    """The cached index when its stamp matches ``identity`` and its checksum, else None (logged)."""
+    import faiss
+
+    if not (path.is_file() and stamp.is_file()):
+        return None
+    try:
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
+        if recorded.get("identity") != identity:
+            _logger.info("%s was built from other embeddings: rebuilding it", path)
+            return None
+        if recorded.get("sha256") != sha256_file(path):
+            raise ValueError("SHA-256 differs from its stamp")
+        return faiss.read_index(str(path))
+    except (OSError, ValueError, RuntimeError, AttributeError) as exc:
+        _logger.warning("%s: unreadable or corrupt index cache (%s): rebuilding it", path, exc)
+        return None
 
 
 def load_or_build_index(directory: Path, pooled: np.ndarray, index_type: str):
-    """Reuse ``DIR/index_<type>.faiss`` when it was built from the same manifest, otherwise build and save it."""
+    """Reuse ``DIR/index_<type>.faiss`` when its stamp names the same embeddings, otherwise build and save it."""
     import faiss
 
-    digest = _manifest_digest(directory)
     path = directory / f"index_{index_type}.faiss"
     stamp = path.with_suffix(".json")
-    if path.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("manifest") == digest:
-        return faiss.read_index(str(path))
+    identity = _index_identity(directory, index_type, pooled.shape[0])
+    index = _read_cached_index(path, stamp, identity)
+    if index is not None:
+        return index
     index = build_faiss_index(pooled, index_type)
     try:
-        faiss.write_index(index, str(path))
-        stamp.write_text(json.dumps({"manifest": digest, "rows": int(pooled.shape[0])}))
+        stamp.unlink(missing_ok=True)  # the old stamp must never vouch for the new file
+        atomic_write(path, lambda tmp: faiss.write_index(index, str(tmp)))
+        atomic_write_json(stamp, {"identity": identity, "sha256": sha256_file(path)})
     except (OSError, RuntimeError) as exc:  # read-only index dir: search still works, index not cached
         _logger.warning("could not save the index in %s (%s); it will be rebuilt next time", directory, exc)
     return index
 
 
 class VideoSearcher:
-    """Loads extracted embeddings, the model that made them, and answers text queries."""
+    """Loads extracted embeddings, the model that made them (hash-checked), and answers text queries."""
 
     def __init__(self, directory: str, index_type: str = "flat", device: str = "cpu",
                  checkpoint: Optional[str] = None):
-        from ..models.factory import create_model
-
         self.directory = Path(directory)
+        info = read_extraction_info(self.directory)
         self.cfg = load_config(self.directory / "config.yaml")
-        identity = json.loads((self.directory / "model.json").read_text())
-        pretrained = checkpoint or identity.get("checkpoint") or self.cfg.model.pretrained
-        self.videos_root = identity.get("videos_root", "")
+        self.videos_root = info.get("videos_root", "")
         self.device = torch.device(device)
-        self.model = create_model(self.cfg.model, pretrained=pretrained).to(self.device).eval()
         self.cache: CachedEmbeddings = load_embeddings(str(self.directory))
         if not self.cache.video_ids:
-            raise ValueError(f"{self.directory}: no successfully extracted videos to search")
+            raise IntegrityError(f"{self.directory}: no successfully extracted videos to search (see the errors in "
+                                 f"{self.directory / MANIFEST})")
+        self.model = load_recorded_model(self.directory, self.cfg.model, checkpoint).to(self.device).eval()
         pooled = l2_normalize(self.cache.features["pooled"].float()).numpy().astype(np.float32)
         self.index = load_or_build_index(self.directory, pooled, index_type)
 
@@ -111,6 +135,9 @@ class VideoSearcher:
     def search(self, query: str, k: int = 10, rerank: bool = False, rerank_k: int = 100) -> List[Hit]:
         """Top-``k`` videos for ``query``; with ``rerank`` the head re-scores the top ``rerank_k`` first."""
         from ..tokenizer import tokenize
+
+        if k < 1 or (rerank and rerank_k < 1):
+            raise ConfigError(f"--k {k}" + (f" --rerank-k {rerank_k}" if rerank else "") + ": must be at least 1")
 
         tokens = tokenize([query], self.cfg.model.context_length).to(self.device)
         text_feats = self.model.encode_text(tokens)

@@ -25,7 +25,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,14 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from ..config import save_config, to_container
+from ..config import default_values, save_config, to_container
 from ..data.loaders import build_train_loader
 from ..distributed import make_feature_gather
 from ..errors import CheckpointError, ConfigError, NonFiniteError
+from ..identity import IDENTITY_VERSION, describe_changes, differing_keys, flatten, sha256_file
 from ..objective import build_objective
-from .checkpoint import CheckpointManager, ensure_writable_dir, find_latest
+from .checkpoint import (MODEL_FILE, RUN_CONFIG, CheckpointManager, checkpoints_dir, ensure_writable_dir, find_latest,
+                         list_checkpoints)
 from .optim import clamp_logit_scale, create_optimizer, create_scheduler, current_lrs, freeze_backbone_layers
 
 _logger = logging.getLogger(__name__)
@@ -109,6 +113,65 @@ def total_steps_for(cfg: DictConfig, batches_per_epoch: int) -> int:
     return max(1, cfg.train.epochs * steps_per_epoch)
 
 
+# Keys that may change between a checkpoint and its --resume: where/what is logged and evaluated, not what is
+# optimised. Every other config key (model, data the training reads, train.*, loss) must equal the checkpoint's.
+RESUME_SAFE_KEYS = ("train.output_dir", "train.val_every", "train.save_every", "train.log_every",
+                    "train.keep_checkpoints", "train.tensorboard", "train.select_on_test", "data.num_workers",
+                    "data.val_list", "data.test_list", "data.test_num_frames", "data.test_sampler", "data.dataset",
+                    "data.reader_backend", "model.pretrained", "eval", "extract", "demo")
+
+
+def run_identity(cfg: DictConfig, num_processes: int) -> dict[str, Any]:
+    """What a checkpoint's optimisation depends on: every config key but the safe ones, the train list's bytes and
+    the number of processes (``run_config.json`` of each checkpoint)."""
+    keys = {k: v for k, v in flatten(to_container(cfg)).items()
+            if not any(k == p or k.startswith(p + ".") for p in RESUME_SAFE_KEYS)}
+    train_list = Path(str(cfg.data.train_list or ""))
+    keys["data.train_list.sha256"] = sha256_file(train_list) if train_list.is_file() else None
+    keys["num_processes"] = int(num_processes)
+    return {"format": "vidclip-run", "version": IDENTITY_VERSION, "optimisation": keys}
+
+
+def check_resume_config(step_dir: Path, identity: dict[str, Any], allow_changes: Sequence[str] = ()) -> None:
+    """Refuse ``--resume`` when a key that changes the optimisation differs from the checkpoint's (keys named);
+    keys in ``allow_changes`` are accepted with a warning."""
+    path = step_dir / RUN_CONFIG
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["optimisation"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: missing or unreadable ({exc}), so --resume cannot check that the run "
+                              "continues with the same settings. Start a new run (new train.output_dir) from its "
+                              f"weights with model.pretrained={step_dir / MODEL_FILE}") from exc
+    current = identity["optimisation"]
+    keys = differing_keys(recorded, current, defaults=flatten(default_values()))
+    allowed = [k for k in keys if any(k == a or k.startswith(a + ".") for a in allow_changes)]
+    if allowed:
+        _logger.warning("--resume with changed %s (allowed by --allow-change)", describe_changes(recorded, current,
+                                                                                                allowed))
+    refused = [k for k in keys if k not in allowed]
+    if refused:
+        raise ConfigError(f"{path}: --resume with settings that change the optimisation: "
+                          f"{describe_changes(recorded, current, refused)}. Resume with the checkpoint's values, "
+                          "start a new run (new train.output_dir, or --overwrite), or accept the change explicitly "
+                          f"with --allow-change {refused[0]}")
+
+
+def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool, is_main: bool) -> None:
+    """Refuse to train into a folder holding checkpoints unless resuming; ``overwrite`` deletes them first."""
+    existing = list_checkpoints(run_dir)
+    if not existing or resume is not None:
+        return
+    if not overwrite:
+        raise ConfigError(f"train.output_dir={run_dir} already holds checkpoints (newest {existing[-1].name}): pass "
+                          "--resume to continue that run, --overwrite to delete them and start over, or set "
+                          "train.output_dir to a new folder")
+    if is_main:
+        _logger.warning("--overwrite: deleting %s and the validation history of %s", checkpoints_dir(run_dir), run_dir)
+        shutil.rmtree(checkpoints_dir(run_dir))
+        for stale in [run_dir / "val_history.jsonl", *run_dir.glob("metrics_step_*.json")]:
+            stale.unlink(missing_ok=True)
+
+
 def _resume_dir(resume: str | None, run_dir: Path) -> Path | None:
     if resume is None:
         return None
@@ -126,7 +189,8 @@ def _resume_dir(resume: str | None, run_dir: Path) -> Path | None:
 class Trainer:
     """Owns the prepared objects and runs the loop; one instance per run."""
 
-    def __init__(self, cfg: DictConfig, resume: str | None = None):
+    def __init__(self, cfg: DictConfig, resume: str | None = None, overwrite: bool = False,
+                 allow_changes: Sequence[str] = ()):
         from accelerate.utils import set_seed
 
         from ..models.factory import create_model
@@ -136,6 +200,12 @@ class Trainer:
         self.run_dir = Path(cfg.train.output_dir)
         ensure_writable_dir(self.run_dir, "train.output_dir")
         self.acc = acc = create_accelerator(cfg)
+        check_run_folder(self.run_dir, resume, overwrite, acc.is_main_process)
+        acc.wait_for_everyone()
+        identity = run_identity(cfg, acc.num_processes)
+        resume_dir = _resume_dir(resume, self.run_dir)
+        if resume_dir is not None:  # before any data or model is built
+            check_resume_config(resume_dir, identity, allow_changes)
         set_seed(cfg.train.seed)
         self.val_list = validation_list(cfg)
         self.dataset = build_dataset(cfg, "train", train=True)
@@ -154,10 +224,10 @@ class Trainer:
         self.scheduler = create_scheduler(optimizer, self.total_steps, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
         acc.register_for_checkpointing(self.scheduler)  # stepped once per optimiser step by us, not by accelerate
         self.checkpoints = CheckpointManager(acc, self.model, self.run_dir, keep=cfg.train.keep_checkpoints,
-                                             arch=cfg.model.arch, model_config=to_container(cfg)["model"])
+                                             arch=cfg.model.arch, model_config=to_container(model.cfg),  # as built
+                                             run_config=identity)
         self.gather = make_feature_gather(acc)
         self.state = TrainState()
-        resume_dir = _resume_dir(resume, self.run_dir)
         if resume_dir is not None:
             self.state = TrainState.from_dict(self.checkpoints.load(resume_dir))
         if acc.is_main_process:
@@ -385,9 +455,17 @@ class _Window:
                 "losses": {k: v / n for k, v in self.loss_sums.items()}}
 
 
-def train(cfg: DictConfig, resume: str | None = None) -> dict[str, Any]:
-    """Run a whole training from a resolved config; returns the last validation report."""
-    return Trainer(cfg, resume=resume).fit()
+def train(cfg: DictConfig, resume: str | None = None, overwrite: bool = False,
+          allow_changes: Sequence[str] = ()) -> dict[str, Any]:
+    """Run a whole training from a resolved config; returns the last validation report.
+
+    Args:
+        cfg: resolved config.
+        resume: ``"auto"`` or a run / checkpoint folder; its optimisation settings must equal ``cfg``'s.
+        overwrite: delete the checkpoints already in ``train.output_dir`` instead of refusing to train there.
+        allow_changes: config keys allowed to differ from the checkpoint's on resume (logged).
+    """
+    return Trainer(cfg, resume=resume, overwrite=overwrite, allow_changes=allow_changes).fit()
 
 
 __all__: list[str] = ["train", "Trainer", "TrainState", "validation_list", "run_validation", "total_steps_for"]

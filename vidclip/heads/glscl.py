@@ -12,10 +12,21 @@ batch-mean queries + ``beta * Σ_k (C_kk - 0.75)²``).
 
 Video features (cacheable, text independent): ``pooled``, ``frames`` (temporal frames, raw), ``mask``, ``queries``
 (``S_v``), so re-ranking needs no recomputation. Text features: ``pooled``, ``eot`` (raw EOT), ``queries`` (``T_t``).
+
+Reference setting (zchoi/GLSCL @06979f8, measured as an oracle: scores, losses and gradients equal to 1e-14 in
+float64): ``model.head.preset: reference`` (``PRESETS["reference"]``: 8 heads / FF 2048 as its hard-coded
+``nn.TransformerDecoderLayer(d_model, nhead=8)``, decoder memory NOT masked) plus three model keys, all set by
+``configs/methods/glscl.yaml``: ``model.text_key_padding_mask: true`` (its text tower hides padding keys, so the
+padding-token rows its decoder reads differ), ``model.padded_frames: encode_zero_image`` (padded frame slots are the
+zero image through CLIP) and the seqTransf TF-style LayerNorm eps 1e-12. β is per dataset as its scripts: 0.02
+MSR-VTT, 0.005 MSVD / DiDeMo (set by the recipes).
+
+The global pooling masks padded frames before the softmax; the reference multiplies the softmax over all frames by
+the mask without renormalising, which the cosine makes identical (the scale of ``v̄`` cancels).
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +36,11 @@ from ..registry import HEADS
 from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_normalize, masked_mean
 
 ICL_NORMALIZATIONS = ("reference", "batch_mean")
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 -> fp32 for the score maths; fp32 and fp64 unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 @HEADS.register("glscl")
@@ -41,10 +57,7 @@ class GLSCLHead(Head):
         dropout: decoder dropout (reference: PyTorch default 0.1).
         local_weight: λ of ``s_global + λ * s_local`` (reference ``loss2_weight`` 0.5, at train and test).
         mask_memory: key-padding masks on the decoder memory (padding frames / padding words are not attended).
-            Default True (deviation: scores then do not depend on padding); False reproduces the reference.
-        reference_pool_masking: True reproduces the reference global pooling: softmax over ALL frames, then multiply
-            by the frame mask with no renormalisation (padding frames take weight). Default False: padding frames are
-            excluded before the softmax.
+            Default True (vidclip: scores do not depend on padding); False reproduces the reference (preset).
         alpha: IDL weight (reference 1e-4). margin: IDL hinge margin (0.1).
         beta: ICL diagonal weight (reference: 0.02 in the MSR-VTT script, 0.005 for MSVD / DiDeMo / README).
         icl_target: target of the ICL diagonal (0.75).
@@ -52,11 +65,16 @@ class GLSCLHead(Head):
             or "batch_mean" (``C = mean_batch S Tᵀ``).
     """
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "reference": {"temperature": 3.0, "num_queries": 8, "decoder_layers": 3, "num_heads": 8, "decoder_ff": 2048,
+                      "dropout": 0.1, "local_weight": 0.5, "mask_memory": False, "alpha": 1e-4, "margin": 0.1,
+                      "beta": 0.005, "icl_target": 0.75, "icl_normalization": "reference"},
+    }
     video_feature_keys = ("pooled", "frames", "mask", "queries")
 
     def __init__(self, embed_dim: int = 512, temperature: float = 3.0, num_queries: int = 8, decoder_layers: int = 3,
                  num_heads: Optional[int] = None, decoder_ff: Optional[int] = None, dropout: float = 0.1,
-                 local_weight: float = 0.5, mask_memory: bool = True, reference_pool_masking: bool = False,
+                 local_weight: float = 0.5, mask_memory: bool = True,
                  alpha: float = 1e-4, margin: float = 0.1, beta: float = 0.02, icl_target: float = 0.75,
                  icl_normalization: str = "reference"):
         super().__init__()
@@ -66,7 +84,7 @@ class GLSCLHead(Head):
         if embed_dim % heads:
             raise ValueError(f"glscl: embed_dim {embed_dim} is not divisible by num_heads {heads}; set num_heads")
         self.temperature, self.local_weight = float(temperature), float(local_weight)
-        self.mask_memory, self.reference_pool_masking = bool(mask_memory), bool(reference_pool_masking)
+        self.mask_memory = bool(mask_memory)
         self.alpha, self.margin = float(alpha), float(margin)
         self.beta, self.icl_target = float(beta), float(icl_target)
         self.icl_normalization = icl_normalization
@@ -97,17 +115,13 @@ class GLSCLHead(Head):
     # ---------------------------------------------------------------------------------------------- similarity
     def global_similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
         """(N_t, N_v) cosine between each text and its text-conditioned pooling of each video's frames."""
-        eot = text_feats["eot"].float()  # (Nt, E)
-        frames = video_feats["frames"].float()  # (Nv, T, E)
+        eot = _wide(text_feats["eot"])  # (Nt, E)
+        frames = _wide(video_feats["frames"])  # (Nv, T, E)
         mask = video_feats["mask"].bool()  # (Nv, T)
         dots = torch.einsum("td,vfd->tvf", eot, frames)  # (Nt, Nv, T) raw dot products
-        logits = dots / self.temperature
-        if self.reference_pool_masking:
-            weights = torch.softmax(logits, -1) * mask[None].to(logits.dtype)
-        else:
-            keep = mask | ~mask.any(1, keepdim=True)  # a video with no real frame pools all of them
-            logits = logits.masked_fill(~keep[None], torch.finfo(logits.dtype).min)
-            weights = torch.softmax(logits, -1)  # (Nt, Nv, T)
+        keep = mask | ~mask.any(1, keepdim=True)  # a video with no real frame pools all of them
+        logits = (dots / self.temperature).masked_fill(~keep[None], torch.finfo(dots.dtype).min)
+        weights = torch.softmax(logits, -1)  # (Nt, Nv, T)
         gram = frames @ frames.transpose(1, 2)  # (Nv, T, T)
         pooled_sq = torch.einsum("tvi,vij,tvj->tv", weights, gram, weights).clamp_min(0)  # |v̄|², (Nt, Nv)
         text_dot_pooled = (weights * dots).sum(-1)  # eot · v̄, (Nt, Nv)
@@ -117,7 +131,7 @@ class GLSCLHead(Head):
     @staticmethod
     def local_similarity(text_feats: Features, video_feats: Features) -> torch.Tensor:
         """(N_t, N_v) mean over queries of the cosine between text query k and video query k."""
-        text_q, video_q = text_feats["queries"].float(), video_feats["queries"].float()  # (Nt, Nq, E), (Nv, Nq, E)
+        text_q, video_q = _wide(text_feats["queries"]), _wide(video_feats["queries"])  # (Nt, Nq, E), (Nv, Nq, E)
         return text_q.flatten(1) @ video_q.flatten(1).t() / text_q.shape[1]
 
     def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
@@ -127,7 +141,7 @@ class GLSCLHead(Head):
     # ---------------------------------------------------------------------------------------------- aux losses
     def aux_losses(self, text_feats: Features, video_feats: Features) -> Dict[str, torch.Tensor]:
         """``{"idl": alpha * IDL, "icl": ICL}`` on aligned rows (text i <-> video i)."""
-        video_q, text_q = video_feats["queries"].float(), text_feats["queries"].float()  # (B, Nq, E)
+        video_q, text_q = _wide(video_feats["queries"]), _wide(text_feats["queries"])  # (B, Nq, E)
         return {"idl": self.alpha * self.intra_diversity(video_q),
                 "icl": self.inter_consistency(video_q, text_q)}
 

@@ -1,34 +1,53 @@
 """Norton head, a CLIP port of XLearning-SCU/2024-ICLR-Norton (methods.md §5, Appendix E).
 
-Score ``s = (w * s_global + s_fine) / (w + 1)`` with ``w = fusion_weight`` (Norton: 0.5):
-- ``s_global``: cosine of the pooled text (EOT) and pooled video (mean of normalised temporal frames);
-- ``s_fine`` from the word x frame cosine matrix R of each pair (words = tokens after SOT up to EOT, frames = temporal
-  frames), the mean of the enabled terms:
-  * "lse" Norton's soft-maximum: ``½[mean_words α·LSE_frames(R/α) + mean_frames α·LSE_words(R/α)]``;
-  * "ot" token-level optimal transport with an alignable prompt bucket (SuperGlue dustbin): the plan between words
-    and frames (bucket value p; words/frames less similar than p to everything go to the bucket), mass-normalised to
-    1 on the word x frame block, and ``s_ot = Σ T ⊙ R``.
-Masked (padding) words and frames are excluded everywhere (zero OT mass, -inf before every log-sum-exp), so scores do
-not depend on padding. The batch-level min-max normalisation of Norton's coarse and fine matrices is NOT applied: it
-couples every pair of the batch and would make a chunk's scores depend on the other chunks.
+Norton's method on CLIP (``model.head.preset: reference``, ``configs/methods/norton.yaml``):
+- retrieval and the clip-level loss use the pooled embeddings: ``similarity`` = cosine of the pooled text (EOT) and
+  the pooled video (mean of normalised temporal frames) (``score="coarse"``);
+- the loss rectifies its targets with optimal transport (vidclip.ops.ot.rectified_targets, video rows first) and sums
+  the two directions (vidclip.losses.rectified_infonce);
+- the video-paragraph loss (vidclip.losses.video_paragraph_loss) runs a prompt-bucket OT over clip-caption blocks whose
+  cost is :meth:`NortonHead.paragraph_cost`: Norton's fused fine-grained score, each of its three terms (pooled
+  cosine, text->video and video->text soft-maximum) min-max normalised over the whole batch matrix, then
+  ``(w * coarse + (t2v + v2t) / 2) / (w + 1)`` with ``w = fusion_weight`` (0.5).
+The soft-maximum of a pair with word x frame cosines R (words = tokens after SOT up to EOT, frames = temporal frames) is
+``mean_words α·LSE_frames(R/α)`` (t2v) and ``mean_frames α·LSE_words(R/α)`` (v2t); Norton's own arithmetic
+(``lse_mean=False, lse_padding_quirk=True``) counts padding slots in the means, see ``lse_padding_quirk``.
 
-Also :func:`paragraph_similarity`: Norton's video-paragraph score (methods.md §5.1(b) steps 4-7) between the sentences
-of paragraphs and the clips of videos (DiDeMo moments), on vidclip.ops.ot.bucket_plan. Norton's faulty-negative
-rectified targets live in vidclip.ops.ot.rectified_targets (enabled by ``train.loss.rectify_targets``, any head).
+vidclip's default (``score="fused"``, no preset) scores retrieval with the fused score itself, chunk-independently
+(no batch min-max, which would make a chunk's scores depend on the other chunks), and adds a fine term of its own that
+Norton does not have: "ot", an optimal transport between the words of a caption and the frames of a video with an
+alignable prompt bucket (SuperGlue dustbin), ``s_ot = Σ T ⊙ R`` with the plan mass-normalised to 1 (``fine="ot+lse"``
+averages it with the soft-maximum). Norton's OT works on whole clip-caption pairs (rectified targets, paragraphs),
+never on words x frames. Masked (padding) words and frames are excluded everywhere unless the quirk is asked for.
+
+Also :func:`paragraph_similarity`: the video-paragraph score between the sentences of paragraphs and the clips of
+videos from their pooled embeddings (coarse cost), on vidclip.ops.ot.paragraph_scores.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import ClassVar, Union
 
 import torch
 from torch import nn
 
-from ..ops.ot import bucket_plan
+from ..ops.ot import bucket_plan, paragraph_scores
 from ..registry import HEADS
 from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_normalize, masked_mean
 
-FINE_MODES = ("ot+lse", "ot", "lse")
+FINE_MODES = ("ot+lse", "ot", "lse")  # "ot" = vidclip's word x frame OT (not in Norton); "lse" = Norton's
+SCORES = ("fused", "coarse")
+
+
+def full_precision(x: torch.Tensor) -> torch.Tensor:
+    """float64 stays float64; half / bfloat16 / float32 become float32."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def batch_minmax(x: torch.Tensor) -> torch.Tensor:
+    """``(x - min) / (max - min)`` over every entry (Norton's batch normalisation); a constant matrix gives 0."""
+    low, high = x.min(), x.max()
+    return (x - low) / (high - low).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def soft_maximum(sims: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0, mean: bool = True) -> torch.Tensor:
@@ -50,11 +69,15 @@ def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @HEADS.register("norton")
 class NortonHead(Head):
-    """Global cosine fused with token-level soft-maximum and bucket-OT similarities.
+    """Pooled cosine, optionally fused with Norton's soft-maximum and vidclip's word x frame bucket OT.
 
     Args:
+        score: what :meth:`similarity` (retrieval and the clip-level loss) returns: "fused" (default, vidclip:
+            ``(w * coarse + fine) / (w + 1)`` per pair) or "coarse" (Norton: the pooled cosine; the fused score then
+            only feeds the video-paragraph loss through :meth:`paragraph_cost`).
         fusion_weight: w in ``(w * global + fine) / (w + 1)`` (Norton ``fusion_weight`` 0.5).
-        fine: which fine terms are averaged: "ot+lse" (default), "ot" or "lse" (Norton's clip-caption fine score).
+        fine: which fine terms are averaged: "ot+lse" (default), "ot" (vidclip's word x frame OT, not in Norton) or
+            "lse" (Norton's soft-maximum).
         alpha_lse: soft-maximum temperature α (Norton ``alpha_lse`` 1).
         lse_mean: subtract α·log(#valid items) (log-MEAN-exp; default True): the score stays in [-1, 1] and does not
             grow with the number of frames / words. False is Norton's plain log-sum-exp (which Norton then min-max
@@ -72,15 +95,24 @@ class NortonHead(Head):
             gradient reaches R through ``Σ T ⊙ R``). Forced on by ``bucket="learnable"``.
         exclude_sot: drop the SOT token from the words (default True: in CLIP's causal text encoder its output is the
             same for every caption; Norton's BERT likewise drops [CLS]).
+        paragraph_minmax: :meth:`paragraph_cost` min-max normalises the pooled cosine and each fine term over the
+            whole batch matrix before fusing them, as Norton's ``SequenceContrastLoss`` (default True); False uses
+            the per-pair fused score.
     """
 
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "reference": {"score": "coarse", "fusion_weight": 0.5, "fine": "lse", "alpha_lse": 1.0, "lse_mean": False,
+                      "lse_padding_quirk": True, "exclude_sot": True, "paragraph_minmax": True},
+    }
     video_feature_keys = ("pooled", "frames", "mask")
 
     def __init__(self, fusion_weight: float = 0.5, fine: str = "ot+lse", alpha_lse: float = 1.0, lse_mean: bool = True,
                  lse_padding_quirk: bool = False, bucket: Union[str, float] = "quantile", bucket_quantile: float = 0.3,
                  bucket_init: float = 0.2, ot_epsilon: float = 0.1, ot_iters: int = 50, plan_grad: bool = False,
-                 exclude_sot: bool = True):
+                 exclude_sot: bool = True, score: str = "fused", paragraph_minmax: bool = True):
         super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"norton: score={score!r}, choose one of {SCORES}")
         if fine not in FINE_MODES:
             raise ValueError(f"norton: fine={fine!r}, choose one of {FINE_MODES}")
         if isinstance(bucket, str) and bucket not in ("quantile", "learnable"):
@@ -93,6 +125,7 @@ class NortonHead(Head):
         self.bucket = nn.Parameter(torch.tensor(float(bucket_init))) if bucket == "learnable" else None
         self.plan_grad = bool(plan_grad) or bucket == "learnable"
         self.exclude_sot = bool(exclude_sot)
+        self.score, self.paragraph_minmax = score, bool(paragraph_minmax)
 
     # ------------------------------------------------------------------------------------------------ encoding
     def encode_video(self, video: VideoEncoderOutput) -> Features:
@@ -108,17 +141,29 @@ class NortonHead(Head):
 
     # ---------------------------------------------------------------------------------------------- similarity
     def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
-        coarse = text_feats["pooled"].float() @ video_feats["pooled"].float().t()  # (Nt, Nv)
+        coarse = self.coarse_similarity(text_feats, video_feats)  # (Nt, Nv)
+        if self.score == "coarse":
+            return coarse
         fine = self.fine_similarity(text_feats, video_feats)
         return (self.fusion_weight * coarse + fine) / (self.fusion_weight + 1.0)
+
+    @staticmethod
+    def coarse_similarity(text_feats: Features, video_feats: Features) -> torch.Tensor:
+        """(N_t, N_v) cosine of the pooled embeddings."""
+        return full_precision(text_feats["pooled"]) @ full_precision(video_feats["pooled"]).t()
+
+    def word_frame(self, text_feats: Features, video_feats: Features):
+        """Word x frame cosines (Nt, Nv, L, T) with word mask (Nt, 1, L, 1) and frame mask (1, Nv, 1, T)."""
+        words = full_precision(text_feats["words"])  # (Nt, L, D)
+        frames = full_precision(video_feats["frames"])  # (Nv, T, D)
+        word_mask = text_feats["word_mask"].bool()[:, None, :, None]  # (Nt, 1, L, 1)
+        frame_mask = video_feats["mask"].bool()[None, :, None, :]  # (1, Nv, 1, T)
+        return torch.einsum("tld,vfd->tvlf", words, frames), word_mask, frame_mask  # (Nt, Nv, L, T)
 
     def fine_similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
         """(N_t, N_v) mean of the enabled fine terms ("lse", "ot")."""
         with torch.autocast(device_type=text_feats["words"].device.type, enabled=False):
-            words, frames = text_feats["words"].float(), video_feats["frames"].float()  # (Nt, L, D), (Nv, T, D)
-            word_mask = text_feats["word_mask"].bool()[:, None, :, None]  # (Nt, 1, L, 1)
-            frame_mask = video_feats["mask"].bool()[None, :, None, :]  # (1, Nv, 1, T)
-            sims = torch.einsum("tld,vfd->tvlf", words, frames)  # (Nt, Nv, L, T)
+            sims, word_mask, frame_mask = self.word_frame(text_feats, video_feats)
             terms = []
             if "lse" in self.fine:
                 terms.append(self.soft_maximum_similarity(sims, word_mask, frame_mask))
@@ -126,15 +171,44 @@ class NortonHead(Head):
                 terms.append(self.transport_similarity(sims, word_mask, frame_mask))
             return sum(terms) / len(terms)
 
+    def paragraph_cost(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
+        """(N_t, N_v) clip-caption cost of the video-paragraph OT over a whole batch (Norton: fused, batch min-max).
+
+        With ``paragraph_minmax`` (Norton) the pooled cosine, the t2v and v2t soft-maximum terms (and vidclip's "ot"
+        term when enabled) are each min-max normalised over the matrix, the fine terms averaged, and fused with
+        ``fusion_weight``. The result depends on every pair of the batch: use it for losses, not for retrieval.
+        """
+        if not self.paragraph_minmax:
+            fine = self.fine_similarity(text_feats, video_feats)  # (Nt, Nv)
+            return (self.fusion_weight * self.coarse_similarity(text_feats, video_feats) + fine) / (
+                self.fusion_weight + 1.0)
+        with torch.autocast(device_type=text_feats["words"].device.type, enabled=False):
+            coarse = batch_minmax(self.coarse_similarity(text_feats, video_feats))
+            sims, word_mask, frame_mask = self.word_frame(text_feats, video_feats)
+            terms = []
+            if "lse" in self.fine:
+                t2v, v2t = self.soft_maximum_terms(sims, word_mask, frame_mask)
+                terms.append(0.5 * (batch_minmax(t2v) + batch_minmax(v2t)))
+            if "ot" in self.fine:
+                terms.append(batch_minmax(self.transport_similarity(sims, word_mask, frame_mask)))
+            fine = sum(terms) / len(terms)
+            return (self.fusion_weight * coarse + fine) / (self.fusion_weight + 1.0)
+
     def soft_maximum_similarity(self, sims: torch.Tensor, word_mask: torch.Tensor, frame_mask: torch.Tensor
                                 ) -> torch.Tensor:
-        """Norton's symmetric soft-maximum on (Nt, Nv, L, T) word-frame similarities."""
+        """Norton's symmetric soft-maximum ``(t2v + v2t) / 2`` on (Nt, Nv, L, T) word-frame similarities."""
+        t2v, v2t = self.soft_maximum_terms(sims, word_mask, frame_mask)
+        return 0.5 * (t2v + v2t)
+
+    def soft_maximum_terms(self, sims: torch.Tensor, word_mask: torch.Tensor, frame_mask: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t2v, v2t)``, each (Nt, Nv): mean over words of the soft-maximum over frames, and vice versa."""
         per_word = soft_maximum(sims, frame_mask, self.alpha_lse, self.lse_mean)  # (Nt, Nv, L)
         per_frame = soft_maximum(sims.transpose(-1, -2), word_mask.transpose(-1, -2), self.alpha_lse,
                                  self.lse_mean)  # (Nt, Nv, T)
         word_valid, frame_valid = word_mask[..., 0], frame_mask[..., 0, :]  # (Nt, 1, L), (1, Nv, T)
         if not self.lse_padding_quirk:
-            return 0.5 * (masked_row_mean(per_word, word_valid) + masked_row_mean(per_frame, frame_valid))
+            return masked_row_mean(per_word, word_valid), masked_row_mean(per_frame, frame_valid)
         # Norton: masked words (frames) are zero rows whose soft-maximum over the valid frames (words) is still added
         n_frames = frame_valid.sum(-1).to(sims.dtype)  # (1, Nv)
         n_words = word_valid.sum(-1).to(sims.dtype)  # (Nt, 1)
@@ -143,7 +217,7 @@ class NortonHead(Head):
         pad_frame_value = 0.0 if self.lse_mean else self.alpha_lse * n_words.clamp_min(1).log()
         t2v = ((per_word * word_valid).sum(-1) + pad_words * pad_word_value) / n_words.clamp_min(1)
         v2t = ((per_frame * frame_valid).sum(-1) + pad_frames * pad_frame_value) / n_frames.clamp_min(1)
-        return 0.5 * (t2v + v2t)
+        return t2v, v2t
 
     def bucket_values(self, sims: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(G,) bucket value per problem for (G, L, T) similarities with (G, L, T) validity."""
@@ -169,17 +243,19 @@ class NortonHead(Head):
 
 
 def paragraph_similarity(sentence_feats: torch.Tensor, clip_feats: torch.Tensor,
-                         sentence_mask: Optional[torch.Tensor] = None, clip_mask: Optional[torch.Tensor] = None,
-                         bucket: Optional[Union[float, torch.Tensor]] = None, prompt_ratio: float = 0.3,
-                         epsilon: float = 0.1, iters: int = 50, minmax: bool = True, mass: Optional[float] = None,
+                         sentence_mask: torch.Tensor | None = None, clip_mask: torch.Tensor | None = None,
+                         bucket: Union[float, torch.Tensor] | None = None, prompt_ratio: float = 0.3,
+                         epsilon: float = 0.1, iters: int = 50, minmax: bool = True, mass: float | None = None,
                          scale: float = 1.0 / 0.07) -> torch.Tensor:
-    """Norton's video-paragraph scores: prompt-bucket OT between sentences of A paragraphs and clips of B videos.
+    """Video-paragraph scores from pooled embeddings: prompt-bucket OT between sentences of A paragraphs and clips of B
+    videos, with the pooled cosine as the clip-caption cost (Norton's loss uses the fused cost of
+    :meth:`NortonHead.paragraph_cost`; see vidclip.losses.video_paragraph_loss).
 
     Steps (methods.md §5.1(b) 1, 4-7): D = cosine(sentence, clip) for every (paragraph, video) pair, min-max
     normalised to [0, 1] over all valid entries (``minmax``); bucket p = the ``int(prompt_ratio * N)``-th smallest of
     the aligned (sentence i of paragraph a, clip i of video a) similarities when ``bucket`` is None (needs A == B
-    and m == n); plan T = bucket plan of each D_ab (epsilon, iters), rescaled to total ``mass`` (default: m, the group
-    size; Norton: 8); ``s[a, b] = scale * Σ T ⊙ D_ab`` (Norton: fixed temperature 0.07). No gradient through T.
+    and m == n); then :func:`vidclip.ops.ot.paragraph_scores` (plan rescaled to ``mass``, default m; Norton: 8;
+    ``s[a, b] = scale * Σ T ⊙ D_ab``, Norton: fixed temperature 0.07). No gradient through T.
 
     Args:
         sentence_feats: (A, m, D) sentence embeddings per paragraph. clip_feats: (B, n, D) clip embeddings per video.
@@ -194,7 +270,8 @@ def paragraph_similarity(sentence_feats: torch.Tensor, clip_feats: torch.Tensor,
         else sentence_mask.bool()
     c_mask = torch.ones(num_b, n, dtype=torch.bool, device=clip_feats.device) if clip_mask is None \
         else clip_mask.bool()
-    sims = torch.einsum("aid,bjd->abij", l2_normalize(sentence_feats.float()), l2_normalize(clip_feats.float()))
+    sims = torch.einsum("aid,bjd->abij", l2_normalize(full_precision(sentence_feats)),
+                        l2_normalize(full_precision(clip_feats)))  # (A, B, m, n)
     valid = s_mask[:, None, :, None] & c_mask[None, :, None, :]  # (A, B, m, n)
     if minmax:
         low = sims.masked_fill(~valid, math.inf).amin()
@@ -202,13 +279,7 @@ def paragraph_similarity(sentence_feats: torch.Tensor, clip_feats: torch.Tensor,
         sims = (sims - low) / (high - low).clamp_min(1e-12)
     if bucket is None:
         bucket = aligned_percentile(sims, valid, prompt_ratio)
-    flat = sims.reshape(num_a * num_b, m, n)  # (A*B, m, n)
-    rows = s_mask[:, None, :].expand(num_a, num_b, m).reshape(-1, m)  # (A*B, m)
-    cols = c_mask[None, :, :].expand(num_a, num_b, n).reshape(-1, n)  # (A*B, n)
-    plan = bucket_plan(flat, torch.as_tensor(bucket, dtype=torch.float32, device=flat.device).detach(), epsilon, iters,
-                       rows, cols, mass=float(m if mass is None else mass))  # (A*B, m, n)
-    score = (plan * flat.masked_fill(~valid.reshape(-1, m, n), 0.0)).sum((1, 2))
-    return scale * score.reshape(num_a, num_b)
+    return paragraph_scores(sims, s_mask, c_mask, bucket, epsilon, iters, mass, scale)
 
 
 def aligned_percentile(sims: torch.Tensor, valid: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -1,23 +1,38 @@
 """UCoFiA head (Ziyang412/UCoFiA, methods.md §4 and Appendix D): three similarity levels aggregated with ISA.
 
-Levels (cosine units; ``similarity`` is their mean, ``similarity_levels`` returns them for SK-norm):
-- ``vs`` video-sentence: ``(ŝ W_g1) · (v̂ W_g2)``, v̂ = normalised mean of the normalised temporal frames;
+Levels (``similarity`` is their mean, in cosine units; ``similarity_levels`` returns them for SK-norm):
+- ``vs`` video-sentence: ``(ŝ W_g1) · (v̂ W_g2)``, v̂ = normalised mean of the normalised temporal frames (real
+  frames only, as the reference);
 - ``sf`` sentence-frame: ``ISA_{W_f}([ŝ · f̂_i]_i)`` over the raw (pre-temporal) frame embeddings;
-- ``pw`` patch-word: ``A = (ŵ W_l1)(p W_l2)ᵀ`` between word tokens and "pixel" tokens (per frame: the CLS plus the
-  ``top_k`` patches chosen by a PredictorLG scorer through a perturbed top-k), aggregated word-wise and pixel-wise:
-  ``½[ISA_{W_p2}(ISA_{W_w}(A over words)) + ISA_{W_w2}(ISA_{W_p}(A over pixels))]``.
+- ``pw`` patch-word: ``A = (ŵ W_l1)(p W_l2)ᵀ`` between the normalised word tokens and the (not normalised) "pixel"
+  tokens (per frame: the CLS plus the ``top_k`` patches chosen by a scorer through a perturbed top-k), aggregated
+  word-wise and pixel-wise: ``½[ISA_{W_p2}(ISA_{W_w}(A over words)) + ISA_{W_w2}(ISA_{W_p}(A over pixels))]``.
 ISA: ``a = softmax((softmax(s/τ) W)/τ)``, ``ISA_W(s) = Σ_k a_k s_k`` with W initialised to the identity.
 
+Units. The reference adds ``exp(logit_scale)·vs``, ``exp(logit_scale)·sf`` and the *unscaled* ``pw``. With
+``pw_scale=None`` (default) the head returns ``pw / exp(logit_scale)`` so that the model's multiplication by
+``exp(logit_scale)`` gives exactly the reference's logits, for any value of the scale (the model binds its scale with
+:meth:`UCoFiAHead.bind_logit_scale`; a head used on its own divides by 100, the reference's frozen value). A float
+``pw_scale`` multiplies ``pw`` instead (``1.0``: all levels in the same units, the pre-fidelity default).
+
+Reference setting (``PRESETS["reference"]``, the training code ``train/modules`` evaluated as ``eval_t2v``/``eval_v2t``
+evaluate): top-k gradient with the reference's diagonal estimator, scorer without biases initialised N(0, 0.02),
+padded frames and padding words included in every ISA, perturbed (stochastic) top-k at test time, W_l2 dropped at
+test time, ``pw`` unscaled in logits. ``PRESETS["released_checkpoint"]`` swaps in the older "video-global" scorer of
+the ``eval_t2v`` tree, the one the released MSR-VTT checkpoint was trained with. vidclip's defaults differ where
+vidclip does better: the exact (full-Jacobian) perturbed top-k estimator, padding frames and words masked out
+(scores do not depend on padding), deterministic top-k at test time (cached features are reproducible), W_l2 used in
+train and test alike.
+
 Position-specific ISA matrices are sized by ``max_frames`` / ``max_words`` (pixels: ``max_frames * (1 + top_k)``). A
-video with fewer frames (or padding frames), or a caption with fewer words, uses the leading block of each matrix and
-masks the missing / padding items with -inf before both softmaxes, so they take no weight; more frames or words than
-the matrices hold is an error.
+video with fewer frames, or a caption with fewer words, uses the leading block of each matrix; masked items get -inf
+before both softmaxes, so they take no weight; more frames or words than the matrices hold is an error.
 
 The patch shift of the frame encoder (TS2-Net) is not part of the head: set ``model.patch_shift_blocks``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Callable, ClassVar, Dict, Optional
 
 import torch
 from torch import nn
@@ -27,52 +42,83 @@ from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_norm
 
 LEVELS = ("vs", "sf", "pw")
 EVAL_TOPK_MODES = ("hard", "perturbed")
+TOPK_GRADS = ("full", "diagonal")
+SCORERS = ("lg", "video_global")
+REFERENCE_LOGIT_SCALE = 100.0  # exp(logit_scale) of OpenAI CLIP, which the reference keeps (clip lr 1e-7, clamp 100)
+
+_REFERENCE = dict(top_k=3, num_samples=500, sigma=0.05, tau=0.01, eval_topk="perturbed", topk_grad="diagonal",
+                  scorer="lg", scorer_bias=False, scorer_init_std=0.02, mask_padding_frames=False,
+                  mask_padding_words=False, pw_scale=None, eval_drop_wl2=True)
 
 
-def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax over the True entries of ``mask`` (broadcastable); excluded entries and all-masked slices give 0."""
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least float32 (float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def masked_softmax(logits: torch.Tensor, mask: Optional[torch.Tensor], dim: int = -1) -> torch.Tensor:
+    """Softmax over the True entries of ``mask`` (broadcastable; None = all); masked entries and all-masked slices
+    give 0."""
+    if mask is None:
+        return torch.softmax(logits, dim)
     filled = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
     return torch.softmax(filled, dim) * mask.to(logits.dtype)
 
 
-def isa(sims: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:
+def isa(sims: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor], tau: float) -> torch.Tensor:
     """Interactive similarity aggregation over the last dim: ``Σ_k softmax((softmax(s/τ) W)/τ)_k s_k``.
 
     Args:
         sims: (..., K) similarities; weight: (K_max, K_max) with K <= K_max (the leading K x K block is used);
-        mask: (..., K) bool (broadcastable), True = real item. Computed in float32 without autocast.
+        mask: (..., K) bool (broadcastable), True = real item; None = every item takes part. Computed in at least
+        float32, without autocast.
     """
     k = sims.shape[-1]
     with torch.autocast(device_type=sims.device.type, enabled=False):
-        sims = sims.float()
-        mask = mask.expand_as(sims)
+        sims = _wide(sims)
+        mask = None if mask is None else mask.expand_as(sims)
         first = masked_softmax(sims / tau, mask)  # (..., K)
-        weights = masked_softmax(first @ weight[:k, :k].float() / tau, mask)  # (..., K)
-        return (weights * sims.masked_fill(~mask, 0.0)).sum(-1)
+        weights = masked_softmax(first @ weight[:k, :k].to(sims.dtype) / tau, mask)  # (..., K)
+        return (weights * (sims if mask is None else sims.masked_fill(~mask, 0.0))).sum(-1)
 
 
 class PerturbedTopK(torch.autograd.Function):
-    """Differentiable top-k (Berthet et al. 2020, as TS2-Net uses it): mean one-hot over Gaussian-perturbed top-k.
+    """Differentiable top-k (Berthet et al. 2020, as TS2-Net and UCoFiA use it): mean one-hot over perturbed top-k.
 
-    Forward: (B, N) scores -> (B, k, N) soft indicators (selected indices sorted by position). Backward: the
-    perturbation estimator ``E[one_hot(x + σZ) Zᵀ] / σ``.
+    Forward: (B, N) scores and (B, S, N) standard Gaussian noise -> (B, k, N) soft indicators (selected indices
+    sorted by position). Backward: the perturbation estimator ``E[one_hot(x + σZ) Zᵀ] / σ``, either in full
+    (``diagonal=False``: the (k, N) x N Jacobian) or only its diagonal ``E[one_hot_{k,n}(x + σZ) Z_n] / σ``, as the
+    reference's ``differential_topk.py`` computes it.
     """
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, k: int, num_samples: int, sigma: float) -> torch.Tensor:
-        noise = torch.randn(scores.shape[0], num_samples, scores.shape[1], device=scores.device,
-                            dtype=scores.dtype)  # (B, S, N)
-        indices = torch.topk(scores.unsqueeze(1) + sigma * noise, k, dim=-1).indices.sort(-1).values  # (B, S, k)
+    def forward(ctx, scores: torch.Tensor, k: int, noise: torch.Tensor, sigma: float, diagonal: bool) -> torch.Tensor:
+        perturbed = scores.unsqueeze(1) + sigma * noise.to(scores.dtype)  # (B, S, N)
+        indices = torch.topk(perturbed, k, dim=-1).indices.sort(-1).values  # (B, S, k)
         one_hot = nn.functional.one_hot(indices, scores.shape[1]).to(scores.dtype)  # (B, S, k, N)
-        ctx.save_for_backward(one_hot, noise)
-        ctx.sigma, ctx.num_samples = sigma, num_samples
+        ctx.save_for_backward(one_hot, noise.to(scores.dtype))
+        ctx.sigma, ctx.diagonal = sigma, diagonal
         return one_hot.mean(1)  # (B, k, N)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         one_hot, noise = ctx.saved_tensors
-        expected = torch.einsum("bskn,bse->bkne", one_hot, noise) / (ctx.num_samples * ctx.sigma)  # (B, k, N, N)
-        return torch.einsum("bkn,bkne->be", grad_output, expected), None, None, None
+        scale = noise.shape[1] * ctx.sigma
+        if ctx.diagonal:
+            expected = torch.einsum("bskn,bsn->bkn", one_hot, noise) / scale  # (B, k, N)
+            grad = torch.einsum("bkn,bkn->bn", grad_output, expected)  # (B, N)
+        else:
+            expected = torch.einsum("bskn,bse->bkne", one_hot, noise) / scale  # (B, k, N, N)
+            grad = torch.einsum("bkn,bkne->be", grad_output, expected)  # (B, N)
+        return grad, None, None, None, None
+
+
+def perturbed_topk(scores: torch.Tensor, k: int, num_samples: int, sigma: float, diagonal: bool = False,
+                   noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, N) -> (B, k, N) perturbed top-k indicators; ``noise`` (B, S, N) defaults to fresh ``torch.randn``."""
+    if noise is None:
+        noise = torch.randn(scores.shape[0], num_samples, scores.shape[1], device=scores.device, dtype=scores.dtype)
+    return PerturbedTopK.apply(scores, k, noise, sigma, diagonal)
 
 
 def hard_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -82,18 +128,50 @@ def hard_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class PatchScorer(nn.Module):
-    """PredictorLG: per-patch score in (-1, 1) from the patch's and its frame CLS's projected features."""
+    """PredictorLG of the training code: a patch's score in (-1, 1) from its and its frame CLS's projected features.
 
-    def __init__(self, dim: int):
+    ``inp``: LayerNorm(D), Linear(D, D/2, no bias), GELU on every token; ``out`` on [patch, CLS]: Linear(D, D/2),
+    GELU, Linear(D/2, 1), Tanh (``bias``: the two ``out`` linears carry biases).
+    """
+
+    def __init__(self, dim: int, bias: bool = True):
         super().__init__()
-        self.inp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim // 2, bias=False), nn.GELU())
-        self.out = nn.Sequential(nn.Linear(2 * (dim // 2), dim // 2), nn.GELU(), nn.Linear(dim // 2, 1), nn.Tanh())
+        half = dim // 2
+        self.inp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, half, bias=False), nn.GELU())
+        self.out = nn.Sequential(nn.Linear(2 * half, half, bias=bias), nn.GELU(), nn.Linear(half, 1, bias=bias),
+                                 nn.Tanh())
 
-    def forward(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """cls (B, D), patches (B, N, D) -> scores (B, N)."""
-        local = self.inp(patches)  # (B, N, D/2)
-        glob = self.inp(cls).unsqueeze(1).expand_as(local)  # (B, N, D/2)
+    def forward(self, cls: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """cls (B, T, D), patches (B, T, N, D), frame_mask (B, T) (unused: per-frame scores) -> scores (B, T, N)."""
+        local = self.inp(patches)  # (B, T, N, D/2)
+        glob = self.inp(cls).unsqueeze(2).expand_as(local)  # (B, T, N, D/2)
         return self.out(torch.cat([local, glob], -1)).squeeze(-1)
+
+
+class VideoGlobalScorer(nn.Module):
+    """The older PredictorLG of the ``eval_t2v`` tree (the released checkpoint's): per-patch and video-level context.
+
+    ``inp``: LayerNorm(2D), Linear(2D, D), GELU on [token, frame CLS]; the video context is the sum over frames of
+    the projected [CLS, CLS]; ``out`` on [patch, video context]: Linear(2D, D), GELU, Linear(D, 1), Tanh. The sum runs
+    over the frames ``frame_mask`` marks (the reference: every frame slot, padding included).
+    """
+
+    def __init__(self, dim: int, bias: bool = True):
+        super().__init__()
+        self.inp = nn.Sequential(nn.LayerNorm(2 * dim), nn.Linear(2 * dim, dim, bias=bias), nn.GELU())
+        self.out = nn.Sequential(nn.Linear(2 * dim, dim, bias=bias), nn.GELU(), nn.Linear(dim, 1, bias=bias),
+                                 nn.Tanh())
+
+    def forward(self, cls: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """cls (B, T, D), patches (B, T, N, D), frame_mask (B, T) bool -> scores (B, T, N)."""
+        local = self.inp(torch.cat([patches, cls.unsqueeze(2).expand_as(patches)], -1))  # (B, T, N, D)
+        glob = self.inp(torch.cat([cls, cls], -1))  # (B, T, D)
+        video = (glob * frame_mask.unsqueeze(-1).to(glob.dtype)).sum(1)  # (B, D)
+        video = video[:, None, None, :].expand_as(local)  # (B, T, N, D)
+        return self.out(torch.cat([local, video], -1)).squeeze(-1)
+
+
+SCORER_CLASSES = {"lg": PatchScorer, "video_global": VideoGlobalScorer}
 
 
 @HEADS.register("ucofia")
@@ -103,33 +181,54 @@ class UCoFiAHead(Head):
     Args:
         embed_dim: joint embedding size D (filled in from the model).
         max_words: words the ISA word matrices hold (filled in from ``model.context_length``; reference 32).
-        max_frames: frames the ISA frame matrices hold (reference 12); videos may have fewer (masked), not more.
+        max_frames: frames the ISA frame matrices hold (reference 12); videos may have fewer, not more.
         top_k: patches selected per frame (reference 3); pixels per frame = 1 + top_k (CLS + selected).
         num_samples / sigma: perturbed top-k samples and noise (reference 500 / 0.05).
-        eval_topk: "hard" (default, deviation: deterministic top-k of the scores in eval mode, so cached video
-            features are reproducible) or "perturbed" (the reference: perturbed top-k also at test).
+        eval_topk: "hard" (default: deterministic top-k of the scores in eval mode, so cached video features are
+            reproducible) or "perturbed" (the reference: perturbed top-k also at test).
+        topk_grad: perturbed top-k backward: "full" (default, the exact Berthet estimator) or "diagonal" (the
+            reference keeps only the diagonal of the Jacobian estimate).
         tau: ISA temperature (reference 0.01).
-        mask_padding_words: exclude padding tokens from the word ISA (default True, deviation); False reproduces the
-            reference, which treats padding positions as words.
-        pw_scale: multiplier of the patch-word level. The reference leaves S_pw unscaled while the other two levels
-            are multiplied by ``exp(logit_scale)`` (≈100), i.e. S_pw has ~1/100 of their weight: ``pw_scale=0.01``
-            reproduces that; default 1.0 (all levels in the same units).
-        eval_drop_wl2: True reproduces the reference evaluation code, which drops W_l2 (pixel projection) at test
-            (features encoded in eval mode skip it); default False (same function in train and eval).
+        scorer: patch scorer: "lg" (the training code's PredictorLG) or "video_global" (the older scorer of the
+            evaluation code, the one of the released checkpoint).
+        scorer_bias: biases in the scorer's output layers (default True; the reference has none).
+        scorer_init_std: None (PyTorch's default init) or the std of a N(0, std) init of the scorer's linears (0.02
+            in the reference, biases zero).
+        mask_padding_frames: exclude padded frames from the sentence-frame and patch-word ISA and from the
+            video-global scorer's context (default True); False = the reference, where padded frames (the zero image
+            run through CLIP) take part. The video-sentence mean always uses real frames only, as the reference.
+        mask_padding_words: exclude padding tokens from the word ISA (default True); False = the reference.
+        pw_scale: None (default) = the reference's units: ``pw`` is left unscaled in logits (see the module doc); a
+            float multiplies ``pw`` in cosine units instead.
+        eval_drop_wl2: True = the reference evaluation code, which drops W_l2 (pixel projection) at test (features
+            encoded in eval mode skip it); default False (same function in train and eval).
     """
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "reference": dict(_REFERENCE),
+        "released_checkpoint": dict(_REFERENCE, scorer="video_global"),
+    }
+    LEVELS: ClassVar[tuple] = LEVELS  # names of ``similarity_levels``
     needs_patch_tokens = True
     video_feature_keys = ("pooled", "video", "frames", "mask", "pixels", "pixel_mask")
 
     def __init__(self, embed_dim: int = 512, max_words: int = 32, max_frames: int = 12, top_k: int = 3,
-                 num_samples: int = 500, sigma: float = 0.05, eval_topk: str = "hard", tau: float = 0.01,
-                 mask_padding_words: bool = True, pw_scale: float = 1.0, eval_drop_wl2: bool = False):
+                 num_samples: int = 500, sigma: float = 0.05, eval_topk: str = "hard", topk_grad: str = "full",
+                 tau: float = 0.01, scorer: str = "lg", scorer_bias: bool = True,
+                 scorer_init_std: Optional[float] = None, mask_padding_frames: bool = True,
+                 mask_padding_words: bool = True, pw_scale: Optional[float] = None, eval_drop_wl2: bool = False):
         super().__init__()
-        if eval_topk not in EVAL_TOPK_MODES:
-            raise ValueError(f"ucofia: eval_topk={eval_topk!r}, choose one of {EVAL_TOPK_MODES}")
+        for name, value, valid in (("eval_topk", eval_topk, EVAL_TOPK_MODES), ("topk_grad", topk_grad, TOPK_GRADS),
+                                   ("scorer", scorer, SCORERS)):
+            if value not in valid:
+                raise ValueError(f"ucofia: {name}={value!r}, choose one of {valid}")
         self.max_words, self.max_frames, self.top_k = int(max_words), int(max_frames), int(top_k)
         self.num_samples, self.sigma, self.eval_topk, self.tau = int(num_samples), float(sigma), eval_topk, float(tau)
-        self.mask_padding_words, self.pw_scale, self.eval_drop_wl2 = mask_padding_words, float(pw_scale), eval_drop_wl2
+        self.topk_grad, self.mask_padding_frames, self.mask_padding_words = topk_grad, mask_padding_frames, \
+            mask_padding_words
+        self.pw_scale = None if pw_scale is None else float(pw_scale)
+        self.eval_drop_wl2 = eval_drop_wl2
+        self._logit_scale: Optional[Callable[[], torch.Tensor]] = None
         num_pixels = self.max_frames * (1 + self.top_k)
         eye = torch.eye
         self.w_sentence, self.w_video = nn.Parameter(eye(embed_dim)), nn.Parameter(eye(embed_dim))  # W_g1, W_g2
@@ -137,20 +236,38 @@ class UCoFiAHead(Head):
         self.w_frame = nn.Parameter(eye(self.max_frames))  # W_f
         self.w_word, self.w_word2 = nn.Parameter(eye(self.max_words)), nn.Parameter(eye(self.max_words))  # W_w, W_w2
         self.w_pixel, self.w_pixel2 = nn.Parameter(eye(num_pixels)), nn.Parameter(eye(num_pixels))  # W_p, W_p2
-        self.scorer = PatchScorer(embed_dim)
+        self.scorer = SCORER_CLASSES[scorer](embed_dim, bias=scorer_bias)
+        if scorer_init_std is not None:
+            for module in self.scorer.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, 0.0, float(scorer_init_std))
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+
+    def bind_logit_scale(self, scale: Callable[[], torch.Tensor]) -> None:
+        """Use ``scale()`` (the model's clamped ``exp(logit_scale)``) for the reference units of ``pw_scale=None``."""
+        self._logit_scale = scale
+
+    def pw_factor(self) -> torch.Tensor | float:
+        """The multiplier of the patch-word level in cosine units (see ``pw_scale``)."""
+        if self.pw_scale is not None:
+            return self.pw_scale
+        return 1.0 / (self._logit_scale() if self._logit_scale is not None else REFERENCE_LOGIT_SCALE)
 
     # ------------------------------------------------------------------------------------------------ encoding
-    def select_pixels(self, frames: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    def select_pixels(self, frames: torch.Tensor, patches: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """Per frame: [CLS, top_k selected patches] -> (B, T * (1 + top_k), D), frame-major."""
         b, t, n, d = patches.shape
-        cls, flat = frames.reshape(b * t, d), patches.reshape(b * t, n, d)  # (B*T, D), (B*T, N, D)
-        scores = self.scorer(cls, flat)  # (B*T, N)
+        scores = self.scorer(frames, patches, frame_mask).reshape(b * t, n)  # (B*T, N)
         if self.training or self.eval_topk == "perturbed":
-            indicators = PerturbedTopK.apply(scores.float(), self.top_k, self.num_samples, self.sigma)
+            noise = torch.randn(b * t, self.num_samples, n, device=scores.device, dtype=_wide(scores).dtype)
+            indicators = perturbed_topk(_wide(scores), self.top_k, self.num_samples, self.sigma,
+                                        self.topk_grad == "diagonal", noise)  # (B*T, k, N)
         else:
-            indicators = hard_topk(scores.float(), self.top_k)  # (B*T, k, N)
+            indicators = hard_topk(_wide(scores), self.top_k)  # (B*T, k, N)
+        flat = patches.reshape(b * t, n, d)  # (B*T, N, D)
         selected = torch.einsum("bkn,bnd->bkd", indicators.to(flat.dtype), flat)  # (B*T, k, D)
-        pixels = torch.cat([cls.unsqueeze(1), selected], 1)  # (B*T, 1+k, D)
+        pixels = torch.cat([frames.reshape(b * t, 1, d), selected], 1)  # (B*T, 1+k, D)
         return pixels.reshape(b, t * (1 + self.top_k), d)  # (B, T*(1+k), D)
 
     def encode_video(self, video: VideoEncoderOutput) -> Features:
@@ -160,13 +277,14 @@ class UCoFiAHead(Head):
         if t > self.max_frames:
             raise ValueError(f"ucofia: {t} frames per video but the ISA matrices hold max_frames={self.max_frames}; "
                              "set model.head.kwargs.max_frames to at least the number of frames (and retrain)")
-        mask = video.mask.bool()  # (B, T)
-        pooled = l2_normalize(masked_mean(l2_normalize(video.temporal), mask))  # (B, D)
-        pixels = self.select_pixels(video.frames, video.patches)  # (B, P, D), P = T*(1+k)
+        real = video.mask.bool()  # (B, T)
+        frame_mask = real if self.mask_padding_frames else torch.ones_like(real)  # (B, T) frames the ISA sees
+        pooled = l2_normalize(masked_mean(l2_normalize(video.temporal), real))  # (B, D)
+        pixels = self.select_pixels(video.frames, video.patches, frame_mask)  # (B, P, D), P = T*(1+k)
         if self.training or not self.eval_drop_wl2:
             pixels = pixels @ self.w_pixel_proj
-        return {"pooled": pooled, "video": pooled @ self.w_video, "frames": l2_normalize(video.frames), "mask": mask,
-                "pixels": pixels, "pixel_mask": mask.repeat_interleave(1 + self.top_k, dim=1)}
+        return {"pooled": pooled, "video": pooled @ self.w_video, "frames": l2_normalize(video.frames),
+                "mask": frame_mask, "pixels": pixels, "pixel_mask": frame_mask.repeat_interleave(1 + self.top_k, 1)}
 
     def encode_text(self, text: TextEncoderOutput) -> Features:
         if text.tokens.shape[1] > self.max_words:
@@ -179,22 +297,26 @@ class UCoFiAHead(Head):
 
     # ---------------------------------------------------------------------------------------------- similarity
     def similarity_levels(self, text_feats: Features, video_feats: Features) -> Dict[str, torch.Tensor]:
-        """``{"vs", "sf", "pw"}``: the three (N_t, N_v) levels, each before SK-norm biases."""
-        vs = text_feats["sentence"].float() @ video_feats["video"].float().t()  # (Nt, Nv)
-        frame_sims = torch.einsum("td,vfd->tvf", text_feats["pooled"].float(), video_feats["frames"].float())
-        sf = isa(frame_sims, self.w_frame, video_feats["mask"].bool()[None], self.tau)  # (Nt, Nv)
-        return {"vs": vs, "sf": sf, "pw": self.pw_scale * self.patch_word(text_feats, video_feats)}
+        """``{"vs", "sf", "pw"}``: the three (N_t, N_v) levels in cosine units (``pw`` times :meth:`pw_factor`)."""
+        vs = _wide(text_feats["sentence"]) @ _wide(video_feats["video"]).t()  # (Nt, Nv)
+        frame_sims = torch.einsum("td,vfd->tvf", _wide(text_feats["pooled"]), _wide(video_feats["frames"]))
+        frame_mask = _mask_or_none(video_feats["mask"])  # (Nv, T) or None
+        sf = isa(frame_sims, self.w_frame, None if frame_mask is None else frame_mask[None], self.tau)  # (Nt, Nv)
+        return {"vs": vs, "sf": sf, "pw": self.pw_factor() * self.patch_word(text_feats, video_feats)}
 
     def patch_word(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
         """(N_t, N_v) patch-word level (two-way ISA over the word x pixel similarity matrix of every pair)."""
-        words, pixels = text_feats["words"], video_feats["pixels"]  # (Nt, L, D), (Nv, P, D)
-        word_mask = text_feats["word_mask"].bool()[:, None, :, None]  # (Nt, 1, L, 1)
-        pixel_mask = video_feats["pixel_mask"].bool()[None, :, None, :]  # (1, Nv, 1, P)
+        words, pixels = _wide(text_feats["words"]), _wide(video_feats["pixels"])  # (Nt, L, D), (Nv, P, D)
+        word_mask = _mask_or_none(text_feats["word_mask"])  # (Nt, L) or None
+        pixel_mask = _mask_or_none(video_feats["pixel_mask"])  # (Nv, P) or None
         sims = torch.einsum("tjd,vmd->tvjm", words, pixels)  # (Nt, Nv, L, P)
-        over_words = isa(sims.transpose(-1, -2), self.w_word, word_mask.transpose(-1, -2), self.tau)  # (Nt, Nv, P)
-        over_pixels = isa(sims, self.w_pixel, pixel_mask, self.tau)  # (Nt, Nv, L)
-        pixel_level = isa(over_words, self.w_pixel2, pixel_mask[:, :, 0, :], self.tau)  # (Nt, Nv)
-        word_level = isa(over_pixels, self.w_word2, word_mask[:, :, :, 0], self.tau)  # (Nt, Nv)
+        wm = None if word_mask is None else word_mask[:, None, :]  # (Nt, 1, L)
+        pm = None if pixel_mask is None else pixel_mask[None, :, :]  # (1, Nv, P)
+        over_words = isa(sims.transpose(-1, -2), self.w_word, None if wm is None else wm[:, :, None, :],
+                         self.tau)  # (Nt, Nv, P)
+        over_pixels = isa(sims, self.w_pixel, None if pm is None else pm[:, :, None, :], self.tau)  # (Nt, Nv, L)
+        pixel_level = isa(over_words, self.w_pixel2, pm, self.tau)  # (Nt, Nv)
+        word_level = isa(over_pixels, self.w_word2, wm, self.tau)  # (Nt, Nv)
         return 0.5 * (pixel_level + word_level)
 
     def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
@@ -204,10 +326,17 @@ class UCoFiAHead(Head):
     @classmethod
     def check_config(cls, model_cfg: Any) -> None:
         from ..errors import ConfigError
+        from .base import resolve_head_kwargs
 
         super().check_config(model_cfg)
-        kwargs = model_cfg.head.kwargs or {}
+        kwargs = resolve_head_kwargs(cls, model_cfg.head)
         max_words = kwargs.get("max_words", model_cfg.context_length)
         if max_words < model_cfg.context_length:
             raise ConfigError(f"model.head.kwargs.max_words={max_words} is smaller than model.context_length="
                               f"{model_cfg.context_length}: the word ISA matrices must hold every token")
+
+
+def _mask_or_none(mask: torch.Tensor) -> Optional[torch.Tensor]:
+    """The bool mask, or None when every entry is True (the ISA then skips masking: same result, less work)."""
+    mask = mask.bool()
+    return None if bool(mask.all()) else mask

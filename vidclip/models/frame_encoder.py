@@ -8,9 +8,16 @@ shifted or switched):
 - patch shift (TS2-Net, as used by UCoFiA, methods.md §4.1.1) in ``patch_shift_blocks``;
 - the Prompt Switch cube (:mod:`vidclip.models.prompt_cube`) in every block.
 
-Padded frames (``mask`` False): when frames are encoded independently (no patch shift, no prompt cube) they are not
-run through the tower at all and their output rows are **zeros**. With patch shift or the prompt cube frames interact,
-so every frame is encoded (padded frames take part, as in the reference code) and rows are whatever the tower gives.
+Padded frames (``mask`` False), ``padded_frames`` (``model.padded_frames``):
+
+- ``"zero_features"`` (default): when frames are encoded independently (no patch shift, no prompt cube) they are not
+  run through the tower at all and their output rows are **zeros**. With patch shift or the prompt cube frames
+  interact, so every frame is encoded (padded frames take part, as in the reference code) and rows are whatever the
+  tower gives for the pixels in the padded slots.
+- ``"encode_zero_image"`` (GLSCL's reference): a padded slot is the zero image in the model's input units (zero
+  *after* CLIP normalisation, as the CLIP4Clip-family dataloaders' ``np.zeros`` video) and its row is CLIP's output
+  for it. With independent frames the zero image is encoded once and its output copied to every padded row (equal
+  values and gradients); otherwise padded slots are zeroed before the whole clip is encoded.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ from torch.utils.checkpoint import checkpoint
 from .prompt_cube import PromptCube, check_attention_supported, check_chunking
 
 _logger = logging.getLogger(__name__)
+
+PADDED_FRAMES = ("zero_features", "encode_zero_image")  # model.padded_frames choices (see the module doc)
 
 
 @dataclass
@@ -65,9 +74,13 @@ class FrameEncoder(nn.Module):
     """open_clip visual tower applied frame by frame: ``(B, T, 3, H, W) -> (B, T, E)`` (+ patches ``(B, T, N, E)``)."""
 
     def __init__(self, visual: nn.Module, patch_tokens: bool = False, patch_shift_blocks: Sequence[int] = (),
-                 patch_shift_div: int = 7, prompt_cube: PromptCube | None = None):
+                 patch_shift_div: int = 7, prompt_cube: PromptCube | None = None,
+                 padded_frames: str = "zero_features"):
         super().__init__()
         _check_visual(visual, patch_shift_blocks)
+        if padded_frames not in PADDED_FRAMES:
+            raise ValueError(f"model.padded_frames={padded_frames!r}: choose one of {', '.join(PADDED_FRAMES)}")
+        self.padded_frames = padded_frames
         self.visual = visual
         self.patch_tokens = bool(patch_tokens)
         self.patch_shift_blocks = frozenset(int(b) for b in patch_shift_blocks)
@@ -137,13 +150,13 @@ class FrameEncoder(nn.Module):
         """
         batch, num_frames = frames.shape[:2]
         if self.prompt_cube is not None:
-            check_chunking(num_frames, self.prompt_cube.num_prompts)
+            check_chunking(num_frames, self.prompt_cube.num_prompts, self.prompt_cube.aggregation_frames)
         images = frames.flatten(0, 1)  # (B*T, 3, H, W)
-        keep = None
-        if mask is not None and self.frames_independent:
-            keep = mask.to(device=frames.device, dtype=torch.bool).flatten()  # (B*T,)
-            keep = None if bool(keep.all()) else keep
-        if keep is None:
+        keep = None if mask is None else mask.to(device=frames.device, dtype=torch.bool).flatten()  # (B*T,)
+        keep = None if keep is None or bool(keep.all()) else keep
+        if keep is not None and not self.frames_independent and self.padded_frames == "encode_zero_image":
+            images = images.masked_fill(~keep[:, None, None, None], 0)  # padded slots: the zero image
+        if keep is None or not self.frames_independent:
             embeds, patches = self._encode(images, num_frames)
         else:
             embeds, patches = self._encode_real(images, keep)
@@ -153,8 +166,12 @@ class FrameEncoder(nn.Module):
         return FrameEncoderOutput(embeds, patches)
 
     def _encode_real(self, images: torch.Tensor, keep: torch.Tensor) -> tuple:
-        """Encode only the rows where ``keep`` is True; the other rows are zeros."""
+        """Encode only the rows where ``keep`` is True; the other rows are zeros or the zero image's output."""
         rows = keep.nonzero().squeeze(1)  # (R,)
+        if self.padded_frames == "encode_zero_image":
+            zero = images.new_zeros((1,) + tuple(images.shape[1:]))  # (1, 3, H, W)
+            outputs = self._encode(torch.cat([images[rows], zero]), 1)  # (R+1, E), (R+1, N, E) or None
+            return tuple(None if v is None else _fill_rows(v[:-1], v[-1], rows, images.shape[0]) for v in outputs)
         any_real = rows.numel() > 0
         if not any_real:
             rows = rows.new_zeros(1)  # encode one row for shape and dtype, then drop it
@@ -163,6 +180,12 @@ class FrameEncoder(nn.Module):
         out = [_scatter_rows(embeds, rows, total, any_real)]
         out.append(None if patches is None else _scatter_rows(patches, rows, total, any_real))
         return tuple(out)
+
+
+def _fill_rows(values: torch.Tensor, fill: torch.Tensor, rows: torch.Tensor, total: int) -> torch.Tensor:
+    """``total`` rows equal to ``fill`` except ``rows``, which take ``values`` (gradients reach both)."""
+    out = fill.unsqueeze(0).expand((total,) + tuple(fill.shape)).contiguous()  # (B*T, ...)
+    return out.index_copy(0, rows, values)
 
 
 def _scatter_rows(values: torch.Tensor, rows: torch.Tensor, total: int, keep_values: bool) -> torch.Tensor:
@@ -191,16 +214,21 @@ def _check_visual(visual: nn.Module, patch_shift_blocks: Sequence[int]) -> None:
 def build_frame_encoder(visual: nn.Module, model_cfg) -> FrameEncoder:
     """A :class:`FrameEncoder` over open_clip's ``visual`` tower configured by a ``ModelCfg``.
 
-    Uses ``patch_tokens``, ``prompt`` (``PromptCubeCfg``), ``patch_shift_blocks``, ``patch_shift_div`` and
-    ``grad_checkpointing``.
+    Uses ``patch_tokens``, ``prompt`` (``PromptCubeCfg``), ``patch_shift_blocks``, ``patch_shift_div``,
+    ``padded_frames`` and ``grad_checkpointing``.
     """
     cube = None
     if model_cfg.prompt.enabled:
         blocks = visual.transformer.resblocks
+        span = model_cfg.prompt.aggregation_frames if model_cfg.prompt.aggregation == "model_frames" else None
+        if model_cfg.prompt.aggregation == "model_frames" and span is None:
+            raise ValueError("model.prompt.aggregation=model_frames needs model.prompt.aggregation_frames (the "
+                             "reference: the training data.num_frames)")
         cube = PromptCube(width=visual.transformer.width, heads=blocks[0].attn.num_heads,
                           num_prompts=int(model_cfg.prompt.num_prompts), num_layers=len(blocks),
-                          init_std=model_cfg.prompt.init_std, gated=bool(model_cfg.prompt.gated))
+                          init_std=model_cfg.prompt.init_std, gated=bool(model_cfg.prompt.gated),
+                          aggregation_frames=None if span is None else int(span))
     encoder = FrameEncoder(visual, model_cfg.patch_tokens, list(model_cfg.patch_shift_blocks),
-                           model_cfg.patch_shift_div, cube)
+                           model_cfg.patch_shift_div, cube, padded_frames=str(model_cfg.padded_frames))
     encoder.set_grad_checkpointing(bool(model_cfg.grad_checkpointing))
     return encoder

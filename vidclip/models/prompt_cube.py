@@ -5,20 +5,25 @@ carries the P prompts ``cube[f]``, appended after its CLS/patch tokens once, aft
 embedding). Frames are chunk-major: a video of ``T = C * P`` frames is ``C`` chunks, each processed independently
 (explicit test-time chunking: 12 test frames with P = 6 are two chunks). In every block the *normalised attention
 input* of prompt slot (f, p) is replaced by that of slot (p, f) (the "switch"), attention stays inside each frame's own
-L + P tokens, and the residual stream is never switched. After the blocks the CLS tokens of a chunk attend to all
-F * P prompt tokens of the chunk (raw residual stream) through ``prompt_aggregation``, an attention whose output
-projection is zero-initialised, and ``z = ln_post(cls + aggregation)`` is projected as usual.
+L + P tokens, and the residual stream is never switched. After the blocks the CLS tokens of a group of frames attend
+to all the group's prompt tokens (raw residual stream) through ``prompt_aggregation``, an attention whose output
+projection is zero-initialised, and ``z = ln_post(cls + aggregation)`` is projected as usual. The group is
+``aggregation_frames`` consecutive frames (``model.prompt.aggregation=model_frames``, the reference: the
+``num_frames`` its model is built with, i.e. the training frames; longer test videos are split into groups of that
+many frames) or one chunk of P frames (``aggregation=chunk``, vidclip's default); the two agree when the training
+frames equal P (6 train / 12 test in the paper).
 
 ``gated=True`` (vidclip's default): the attention output of a CLS/patch query is
 ``plain + tanh(g_l) * (full - plain)`` where ``plain`` attends over the frame's CLS/patches only (exactly CLIP) and
 ``full`` also over the prompts (the reference); one zero-initialised gate ``g_l`` per block, so at initialisation the
 frame embeddings equal plain CLIP's and ``tanh(g_l) = 1`` is the reference block. Prompt queries always use ``full``.
 With the gates and the aggregation projection both at zero the cube receives no gradient on the very first step; it
-does from the second step on. ``gated=False`` reproduces the reference code exactly.
+does from the second step on. ``gated=False`` with ``aggregation=model_frames`` reproduces the reference code exactly.
 
 Every new parameter has "prompt" in its name (``prompts``, ``prompt_gates``, ``prompt_aggregation.*``) so optimiser
-grouping treats them as new modules. The reference trains its aggregation attention at the CLIP learning rate by
-accident (its name matches none of its new-module patterns); vidclip groups it with the new modules.
+grouping treats them as new modules (``train.param_groups=vidclip``). The reference trains its aggregation attention
+at the CLIP learning rate (its name matches none of its new-module patterns) and decays every tensor;
+``train.param_groups=prompt_switch_reference`` does the same.
 
 :class:`PromptCaptioner` is the auxiliary captioning loss of §2.1(f).
 """
@@ -36,14 +41,21 @@ _logger = logging.getLogger(__name__)
 FREQUENT_WORDS = "in on of to about this that a an the and there here is are . ,"
 
 
-def check_chunking(num_frames: int, num_prompts: int) -> int:
-    """Chunks per video; ``ValueError`` naming the fix when ``num_frames`` is not a multiple of ``num_prompts``."""
+def check_chunking(num_frames: int, num_prompts: int, aggregation_frames: int | None = None) -> int:
+    """Chunks per video; ``ValueError`` naming the fix when ``num_frames`` is not a multiple of ``num_prompts`` (or
+    of ``aggregation_frames``, the frames of one prompt-aggregation group)."""
     if num_frames % num_prompts:
         suggestion = max(num_prompts, num_frames // num_prompts * num_prompts)
         raise ValueError(
             f"{num_frames} frames per video is not a multiple of model.prompt.num_prompts={num_prompts}: the prompt "
             f"cube works on chunks of {num_prompts} consecutive frames. Set data.num_frames / data.test_num_frames "
             f"to a multiple of {num_prompts} (e.g. {suggestion}) and use the prompt_switch sampler (chunk-major order)")
+    if aggregation_frames is not None and num_frames % aggregation_frames:
+        raise ValueError(
+            f"{num_frames} frames per video is not a multiple of model.prompt.aggregation_frames={aggregation_frames}"
+            f": the prompt aggregation works on groups of {aggregation_frames} frames (the frames the reference "
+            "model is built for). Set data.num_frames / data.test_num_frames to a multiple of it, or "
+            "model.prompt.aggregation=chunk")
     return num_frames // num_prompts
 
 
@@ -83,14 +95,18 @@ class PromptCube(nn.Module):
     """Prompt cube, switch and aggregation of Prompt Switch for a ViT of ``width`` / ``heads`` / ``num_layers``."""
 
     def __init__(self, width: int, heads: int, num_prompts: int = 6, num_layers: int = 12,
-                 init_std: float | None = None, gated: bool = True):
+                 init_std: float | None = None, gated: bool = True, aggregation_frames: int | None = None):
         super().__init__()
         if num_prompts < 1:
             raise ValueError(f"model.prompt.num_prompts={num_prompts} must be at least 1")
+        if aggregation_frames is not None and (aggregation_frames < 1 or aggregation_frames % num_prompts):
+            raise ValueError(f"model.prompt.aggregation_frames={aggregation_frames} must be a positive multiple of "
+                             f"model.prompt.num_prompts={num_prompts}")
         self.num_prompts = num_prompts
+        self.aggregation_frames = int(aggregation_frames or num_prompts)  # frames per aggregation group
         std = init_std if init_std is not None else width ** -0.5 * 0.02
         self.prompts = nn.Parameter(torch.randn(num_prompts, num_prompts, width) * std)  # (frame slot f, prompt p, D)
-        # Trained at the new-module lr here; the reference trains it at the CLIP lr by accident (see module doc).
+        # New-module lr with param_groups=vidclip; the CLIP lr with prompt_switch_reference (see module doc).
         self.prompt_aggregation = nn.MultiheadAttention(width, heads, batch_first=True)
         nn.init.zeros_(self.prompt_aggregation.out_proj.weight)
         nn.init.zeros_(self.prompt_aggregation.out_proj.bias)
@@ -121,11 +137,14 @@ class PromptCube(nn.Module):
         return gated_attention(attn, h, num_tokens, gate)
 
     def aggregate(self, cls: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-        """``cls + MHA(cls, prompts, prompts)`` per chunk: cls (B*T, D), prompts (B*T, P, D) -> (B*T, D)."""
-        p = self.num_prompts
-        q = cls.reshape(-1, p, cls.shape[-1])  # (B*C, F, D)
-        kv = prompts.reshape(q.shape[0], p * p, -1)  # (B*C, F*P, D)
-        out = q + self.prompt_aggregation(q, kv, kv, need_weights=False)[0]  # (B*C, F, D)
+        """``cls + MHA(cls, prompts, prompts)`` per group of G = ``aggregation_frames`` frames.
+
+        cls (B*T, D), prompts (B*T, P, D) -> (B*T, D); T must be a multiple of G (see :func:`check_chunking`).
+        """
+        group = self.aggregation_frames
+        q = cls.reshape(-1, group, cls.shape[-1])  # (B*T/G, G, D)
+        kv = prompts.reshape(q.shape[0], group * self.num_prompts, -1)  # (B*T/G, G*P, D), frame-major
+        out = q + self.prompt_aggregation(q, kv, kv, need_weights=False)[0]  # (B*T/G, G, D)
         return out.reshape(cls.shape)  # (B*T, D)
 
 

@@ -37,10 +37,14 @@ class SequenceTransformer(nn.Module):
     ``num_layers``) the text blocks cannot take the projected frame features, so fresh residual-attention blocks of
     the embedding width (about ``embed_dim / 64`` heads) and randomly initialised frame positions are built instead,
     and a log line says so. Padded frames are masked out as keys (additive -1e6, as the reference) so they never
-    change valid outputs.
+    change valid outputs. ``layer_norm_eps`` (``model.temporal.layer_norm_eps``) is the blocks' LayerNorm epsilon:
+    open_clip's 1e-5 by default; CLIP4Clip's TF-style ``LayerNorm`` (eps inside the square root, as torch's) uses
+    1e-12, which the CLIP4Clip-style recipes set. CLIP4Clip's blocks are QuickGELU whatever the backbone; the copied
+    text blocks here keep the backbone's activation (the same for OpenAI weights).
     """
 
-    def __init__(self, clip: nn.Module, num_layers: int = 4, init_from_text: bool = True, max_frames: int = 77):
+    def __init__(self, clip: nn.Module, num_layers: int = 4, init_from_text: bool = True, max_frames: int = 77,
+                 layer_norm_eps: float = 1e-5):
         super().__init__()
         embed_dim = int(clip.text_projection.shape[1] if not isinstance(clip.text_projection, nn.Linear)
                         else clip.text_projection.out_features)
@@ -65,13 +69,16 @@ class SequenceTransformer(nn.Module):
             heads = max(h for h in range(1, max(1, embed_dim // 64) + 1) if embed_dim % h == 0)
             self.blocks = nn.ModuleList(ResidualAttentionBlock(embed_dim, heads, batch_first=True)
                                         for _ in range(num_layers))
+        for block in self.blocks:  # CLIP4Clip's TF-style LayerNorm is torch's LayerNorm with eps 1e-12
+            block.ln_1.eps = block.ln_2.eps = float(layer_norm_eps)
         self.heads = self.blocks[0].attn.num_heads
         self.batch_first = getattr(clip.transformer, "batch_first", True)
 
     @classmethod
     def from_config(cls, clip: nn.Module, temporal_cfg: Any) -> SequenceTransformer:
-        """Built on ``clip`` with ``model.temporal.num_layers`` / ``init_from_text``."""
-        return cls(clip, num_layers=temporal_cfg.num_layers, init_from_text=temporal_cfg.init_from_text)
+        """Built on ``clip`` with ``model.temporal.num_layers`` / ``init_from_text`` / ``layer_norm_eps``."""
+        return cls(clip, num_layers=temporal_cfg.num_layers, init_from_text=temporal_cfg.init_from_text,
+                   layer_norm_eps=float(temporal_cfg.layer_norm_eps))
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``frames`` (B, T, D), ``mask`` (B, T) bool True = real -> (B, T, D); padded frames never affect real ones."""

@@ -45,7 +45,7 @@ class VideoTextModel(nn.Module):
         self.pretrained = pretrained
         HEADS.get(cfg.head.name).check_config(cfg)
         self.frame_encoder = build_frame_encoder(clip.visual, cfg)
-        self.text_encoder = TextEncoder(clip, cfg.context_length)
+        self.text_encoder = TextEncoder(clip, cfg.context_length, key_padding_mask=bool(cfg.text_key_padding_mask))
         self.text_encoder.set_grad_checkpointing(cfg.grad_checkpointing)
         self.temporal = build_temporal(clip, cfg.temporal)
         self.embed_dim = int(clip.visual.output_dim)
@@ -53,6 +53,8 @@ class VideoTextModel(nn.Module):
         init_scale = getattr(clip, "logit_scale", None)
         init_scale = torch.tensor(math.log(1 / 0.07)) if init_scale is None else init_scale.detach().clone()
         self.logit_scale = nn.Parameter(init_scale.reshape(()).float())
+        if hasattr(self.head, "bind_logit_scale"):  # UCoFiA: its patch-word level stays in logit units
+            self.head.bind_logit_scale(self.scale)
         self.captioner = _build_captioner(cfg, self.text_encoder, self.embed_dim)
         self.image_size = int(_first(getattr(clip.visual, "image_size", 224)))
 
@@ -84,7 +86,8 @@ class VideoTextModel(nn.Module):
 
     def scale(self) -> torch.Tensor:
         """``exp(logit_scale)`` with ``logit_scale`` clamped to ``ln(cfg.logit_scale_max)``."""
-        return self.logit_scale.float().clamp(max=math.log(self.cfg.logit_scale_max)).exp()
+        scale = self.logit_scale.to(torch.promote_types(self.logit_scale.dtype, torch.float32))  # float64 stays
+        return scale.clamp(max=math.log(self.cfg.logit_scale_max)).exp()
 
     # ------------------------------------------------------------------------------------------ training
     def forward(self, batch: dict[str, Any], gather: Gather | None = None) -> dict[str, Any]:
@@ -104,7 +107,8 @@ class VideoTextModel(nn.Module):
         outputs = self.encode_video_outputs(batch["video"], batch["video_mask"])
         video_all = gather(self.head.encode_video(outputs))
         text_all = gather(self.encode_text(batch["text_tokens"]))
-        sims = self.head.similarity(text_all, video_all).float()  # (N, N)
+        sims = self.head.similarity(text_all, video_all)  # (N, N)
+        sims = sims.to(torch.promote_types(sims.dtype, torch.float32))  # at least float32 (float64 models stay)
         scale = self.scale()
         out: dict[str, Any] = {"text": text_all, "video": video_all, "sims": sims, "logit_scale": scale,
                                "logits": scale * sims, "encoder": outputs}
@@ -125,9 +129,15 @@ class VideoTextModel(nn.Module):
         """Identity of the model for reports and extraction manifests."""
         return {"arch": self.cfg.arch, "clip": self.cfg.clip.model_name if self.cfg.clip.vision_cfg is None
                 else "inline", "head": self.cfg.head.name, "temporal": self.cfg.temporal.type,
+                "activation": _activation_name(self.cfg.clip.quick_gelu),
                 "embed_dim": self.embed_dim, "context_length": int(self.cfg.context_length),
                 "prompt_cube": bool(self.cfg.prompt.enabled), "pretrained": self.pretrained,
                 "parameters": sum(p.numel() for p in self.parameters())}
+
+
+def _activation_name(quick_gelu: bool | None) -> str:
+    """``quick_gelu`` | ``gelu`` (the factory resolves ``model.clip.quick_gelu`` before building the towers)."""
+    return "unresolved" if quick_gelu is None else "quick_gelu" if quick_gelu else "gelu"
 
 
 def _first(size) -> int:

@@ -128,7 +128,8 @@ def find_latest(run_dir: PathLike) -> Path | None:
         path = path.parent
     pointer = checkpoints_dir(path) / LATEST_FILE
     if pointer.is_file():
-        target = checkpoints_dir(path) / pointer.read_text().strip()
+        name = pointer.read_text(errors="replace").strip()  # never trust its bytes: only step_<N> is followed
+        target = checkpoints_dir(path) / (name if _STEP_RE.match(name) else "<invalid latest pointer>")
         if is_complete(target):
             return target
         _logger.warning("%s points at %s, which is missing or incomplete; using the newest complete checkpoint",
@@ -146,7 +147,8 @@ def read_trainer_state(step_dir: PathLike) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ open_clip formats
-def _is_torchscript_archive(path: Path) -> bool:
+def is_torchscript_archive(path: Path) -> bool:
+    """True for a TorchScript zip archive (OpenAI's original CLIP weight files, e.g. ``ViT-B-32.pt``)."""
     import zipfile
 
     if not zipfile.is_zipfile(path):
@@ -165,7 +167,7 @@ def read_open_clip_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        if _is_torchscript_archive(path):  # OpenAI JIT archive (e.g. ViT-B-32.pt)
+        if is_torchscript_archive(path):  # OpenAI JIT archive (e.g. ViT-B-32.pt)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still the only reader
                 state = torch.jit.load(str(path), map_location="cpu").state_dict()

@@ -1,4 +1,4 @@
-"""Video readers: frame-exact random access on top of PyAV (always) or decord (optional).
+"""Video readers: frame-exact random access on top of PyAV (always), torchcodec or decord (optional).
 
 One file per backend, each registering its opener in ``vidclip.registry.READERS`` (a class or function called as
 ``opener(path, **options) -> VideoReader``); every module of this package is imported on first use, so a new
@@ -20,8 +20,14 @@ Backends
                H.264 files for sorted indices read once, but returns corrupted frames after a seek into some streams
                (misc/cockatoo.mp4, yuv444p: frame 200 read first is wrong) and cannot open Theora/Ogg; use it only
                on material you have verified.
-    ``auto``   ``pyav`` with keyframe seeking for long videos (``seek_min_gap=AUTO_SEEK_MIN_GAP`` frames). decord is
-               never chosen automatically: it is not faster on real clips (perf-notes.md) and not always right.
+    ``torchcodec`` ``VideoDecoder(seek_mode="exact").get_frames_at`` (optional package plus the system FFmpeg
+               libraries): exact on every real test file and faster than decord (BENCHMARKS.md); files it cannot
+               prove exact (truncated, frame counts that disagree, unopenable) are decoded by PyAV inside the
+               reader (``reader.decoder``). ``device="cuda"`` decodes on NVDEC (close to, not bit-identical with,
+               the CPU frames). See ``torchcodec.py``.
+    ``auto``   ``torchcodec`` when it imports and its FFmpeg libraries load, otherwise ``pyav`` with keyframe seeking
+               for long videos (``seek_min_gap=AUTO_SEEK_MIN_GAP`` frames). decord is never chosen automatically:
+               it is not faster on real clips (perf-notes.md) and not always right.
 
 Frame count (``num_frames``)
     Container headers lie (balle1-vp9.avi: header 300, 295 decodable; Ogg has no count). At open the reader demuxes
@@ -53,6 +59,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Union
 
+from ...errors import ConfigError
 from ...registry import READERS
 from .auto import AUTO_SEEK_MIN_GAP
 from .base import VideoReader
@@ -63,24 +70,32 @@ for _module in pkgutil.iter_modules(__path__):
 
 
 def open_video(path: Union[str, os.PathLike], backend: str = "auto", seek_min_gap: int | None = None,
-               ) -> VideoReader:
+               device: str = "cpu") -> VideoReader:
     """Open a video for frame-exact random access.
 
     Args:
         path: the video file.
-        backend: a name registered in ``READERS``: ``auto`` (PyAV sequential decode, keyframe seeks for long
-            videos), ``pyav`` (sequential only unless ``seek_min_gap`` is given), ``decord``, or your own.
+        backend: a name registered in ``READERS``: ``auto`` (torchcodec when usable, else PyAV), ``torchcodec``,
+            ``pyav`` (sequential only unless ``seek_min_gap`` is given), ``decord``, or your own.
         seek_min_gap: PyAV only: seek to a keyframe when that skips at least this many frames of decoding
             (``auto`` defaults to ``AUTO_SEEK_MIN_GAP``; ``None`` with ``pyav`` never seeks).
+        device: ``cpu``, or ``cuda`` for GPU decoding with backends registered with ``gpu_decode=True``
+            (``auto``, ``torchcodec``); frames then come back as a CUDA uint8 tensor.
 
     Returns:
         A reader with ``num_frames``, ``fps``, ``duration``, ``width``, ``height``, ``backend`` and ``get_frames``.
 
     Raises:
         VideoDecodeError: the file is missing, empty, not a video, or holds no decodable frame.
-        ConfigError: ``backend`` is not registered (the message lists the registered ones).
+        ConfigError: ``backend`` is not registered (the message lists the registered ones), or ``device`` is not
+            ``cpu`` and the backend cannot decode on a GPU or no CUDA device is visible.
     """
-    options = {} if seek_min_gap is None else {"seek_min_gap": seek_min_gap}
+    options: dict = {} if seek_min_gap is None else {"seek_min_gap": seek_min_gap}
+    if device != "cpu":
+        if not READERS.info(backend, "gpu_decode", False):
+            raise ConfigError(f"decode device {device!r} (data.decode_device) needs a backend that decodes on the "
+                              f"GPU: {', '.join(READERS.names(gpu_decode=True))}; got backend {backend!r}")
+        options["device"] = device
     return READERS.get(backend)(Path(path), **options)
 
 
