@@ -247,6 +247,18 @@ def test_zero_image_is_encoded_once_with_the_same_values_and_gradients():
     assert max(rel(fast_grad[n], p.grad) for n, p in model.frame_encoder.named_parameters()) <= 1e-10
 
 
+def test_zero_image_with_interacting_frames():
+    """With patch shift (frames interact) padded slots are zeroed, then the whole clip is encoded."""
+    torch.manual_seed(0)
+    model = create_model("tiny-ucofia", padded_frames="encode_zero_image").double().eval()
+    batch = inputs(model)
+    mask = batch["video_mask"]
+    with torch.no_grad():
+        got = model.frame_encoder(batch["video"], mask)
+        want = model.frame_encoder(batch["video"] * mask[:, :, None, None, None], None)
+    assert torch.equal(got.frames, want.frames) and torch.equal(got.patches, want.patches)
+
+
 @pytest.mark.parametrize("dataset", sorted(BETA))
 @pytest.mark.parametrize("arch", ["b16", "b32"])
 def test_shipped_recipes_use_the_reference_setting(dataset, arch):

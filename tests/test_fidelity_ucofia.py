@@ -23,7 +23,7 @@ from vidclip.heads import HEADS
 from vidclip.objective import build_objective
 from vidclip.postprocess import apply_postprocess
 
-T, B, K, SAMPLES, SIGMA, TAU = 4, 3, 3, 64, 0.05, 0.01
+T, B, K, SAMPLES, SIGMA = 4, 3, 3, 64, 0.05
 LENGTHS = (4, 2, 3)  # real frames per video
 WORDS = (5, 9, 3)  # real tokens (SOT..EOT) per caption, padded to 32
 
@@ -111,7 +111,9 @@ def ref_pixels(head, frames, patches, noise, project):
 
 
 def ref_levels(head, enc_v, enc_t, noise, ls, project):
-    """_loose_similarity of the training code (eval trees: W_l2 dropped) -> the three level logits."""
+    """_loose_similarity of the training code (eval trees: W_l2 dropped) -> the three level logits (τ: head.tau,
+    0.01 in the reference)."""
+    tau = head.tau
     v = F.normalize(enc_v.temporal, dim=-1) * enc_v.mask[..., None]
     v = F.normalize(v.sum(1) / enc_v.mask.sum(1, keepdim=True), dim=-1)  # (Nv, D)
     frames = F.normalize(enc_v.frames, dim=-1)  # every slot
@@ -120,18 +122,18 @@ def ref_levels(head, enc_v, enc_t, noise, ls, project):
     pixels = ref_pixels(head, enc_v.frames, enc_v.patches, noise, project)
     vs = ls * (s @ head.w_sentence) @ (v @ head.w_video).t()
     fs = torch.matmul(s, frames.permute(0, 2, 1))  # (Nv, Nt, T)
-    sf = ls * torch.sum(fs * torch.softmax(torch.softmax(fs / TAU, -1) @ head.w_frame[:T, :T] / TAU, -1), -1).t()
+    sf = ls * torch.sum(fs * torch.softmax(torch.softmax(fs / tau, -1) @ head.w_frame[:T, :T] / tau, -1), -1).t()
     nt, nw, d = words.shape
     nv, npx, _ = pixels.shape
     fine = ((words.reshape(-1, d) @ head.w_word_proj) @ pixels.reshape(-1, d).t()).view(nt, nw, nv, npx)
-    word_level = torch.sum(torch.softmax(torch.matmul(torch.softmax(fine / TAU, 1).permute(0, 2, 3, 1),
-                                                      head.w_word) / TAU, -1).permute(0, 3, 1, 2) * fine, 1)
-    frame_level = torch.sum(torch.softmax(torch.matmul(torch.softmax(fine / TAU, -1), head.w_pixel) / TAU, -1)
+    word_level = torch.sum(torch.softmax(torch.matmul(torch.softmax(fine / tau, 1).permute(0, 2, 3, 1),
+                                                      head.w_word) / tau, -1).permute(0, 3, 1, 2) * fine, 1)
+    frame_level = torch.sum(torch.softmax(torch.matmul(torch.softmax(fine / tau, -1), head.w_pixel) / tau, -1)
                             * fine, -1)
-    s2f = torch.sum(torch.softmax(torch.matmul(torch.softmax(word_level / TAU, -1), head.w_pixel2) / TAU, -1)
+    s2f = torch.sum(torch.softmax(torch.matmul(torch.softmax(word_level / tau, -1), head.w_pixel2) / tau, -1)
                     * word_level, -1)
-    v2w = torch.sum(torch.softmax(torch.matmul(torch.softmax(frame_level / TAU, 1).permute(0, 2, 1),
-                                               head.w_word2) / TAU, -1).permute(0, 2, 1) * frame_level, 1)
+    v2w = torch.sum(torch.softmax(torch.matmul(torch.softmax(frame_level / tau, 1).permute(0, 2, 1),
+                                               head.w_word2) / tau, -1).permute(0, 2, 1) * frame_level, 1)
     return vs, sf, (s2f + v2w) / 2
 
 
@@ -161,9 +163,11 @@ def rel(a, b):
     return float((a - b).detach().norm() / b.detach().norm())
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_reference_preset_scores_loss_and_gradients(monkeypatch, train):
-    model = build().train(train)
+@pytest.mark.parametrize("train, tau", [(True, 0.01), (False, 0.01), (True, 0.2)])
+def test_reference_preset_scores_loss_and_gradients(monkeypatch, train, tau):
+    """tau=0.2 (not the reference's 0.01, same formula) keeps the ISA from saturating, so the scorer's gradients
+    (through the perturbed top-k estimator) are large enough to tell the diagonal estimator from the full one."""
+    model = build(tau=tau).train(train)
     tape = NoiseTape(monkeypatch)
     video, mask, ids = inputs()
     outputs = model({"video": video, "video_mask": mask, "text_tokens": ids})  # the training forward
@@ -182,6 +186,8 @@ def test_reference_preset_scores_loss_and_gradients(monkeypatch, train):
     g_theirs = torch.autograd.grad(loss_theirs, params, allow_unused=True)
     largest = max(float(g.norm()) for g in g_theirs if g is not None)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if tau > 0.1:  # the estimator comparison below is not vacuous
+        assert float(g_theirs[names.index("head.scorer.inp.1.weight")].norm()) > 1e-5 * largest
     for name, a, b in zip(names, g_ours, g_theirs):
         if b is None or float(b.norm()) < 1e-9 * largest:  # saturated softmax: fp noise only
             continue

@@ -180,3 +180,25 @@ def test_config_refuses_random_crops_with_a_cache(tmp_path):
     cfg = load_config(None, [f"data.frame_cache={tmp_path}", "data.train_augment=crop_flip"])
     with pytest.raises(ConfigError, match="data.train_augment=crop_flip"):
         build_frame_reader(cfg, [], create_sampler("uniform", T), train=True)
+
+
+@pytest.mark.slow
+def test_train_loader_workers_draw_each_epochs_choices(clips, tmp_path):
+    """With DataLoader workers, epoch e's batches hold the captions and random frames of ``dataset.set_epoch(e)``."""
+    from vidclip.data.loaders import build_train_loader
+
+    root, records = clips
+    cfg = load_config(None, ["data.num_workers=1", "train.batch_size=2", "train.seed=3", "model.context_length=16"])
+    sampler = create_sampler("segment_random", T)
+    cache = build_frame_cache(tmp_path / "cache", records, str(root), sampler, SIZE, backend="pyav")
+    dataset = _dataset(root, records[:4], sampler, "train", cache.open_reader)
+    reference = _dataset(root, records[:4], sampler, "train", partial(open_video, backend="pyav"))
+    loader = build_train_loader(cfg, dataset)
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        for batch in loader:
+            expected = [reference[i] for i in batch["indices"].tolist()]
+            assert batch["captions"] == [it["caption"] for it in expected]
+            assert torch.equal(batch["video"], torch.stack([it["video"] for it in expected]))

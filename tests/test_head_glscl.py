@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from vidclip.errors import ConfigError
-from vidclip.heads import create_head
 from vidclip.features import TextEncoderOutput, VideoEncoderOutput
+from vidclip.heads import create_head
 from vidclip.ops.similarity import chunked_similarity
 
 D = 32

@@ -156,6 +156,22 @@ def test_real_files_torchcodec_is_exact_frame_by_frame(shared_data, truths, name
     for seed in range(2):
         for indices in index_sets(len(truth), seed):
             assert_frames_match(reader.get_frames(indices), truth, indices, name)
+    n = len(truth)
+    for k in (n - 1, n // 2, 2 * n // 3, n // 3):  # a fresh reader whose first read needs a keyframe seek
+        assert_frames_match(open_video(path, backend="torchcodec").get_frames([k]), truth, [k], f"{name} fresh")
+
+
+@needs_torchcodec
+def test_raw_torchcodec_seek_on_cockatoo_is_wrong_which_is_why_the_reader_primes(shared_data, truths):
+    """A decoder that never decoded packet 0 misses the x264 version SEI (FFmpeg's 4:4:4 workaround switch) and
+    returns a wrong frame 200 after its keyframe seek; the reader decodes frame 0 first and is exact."""
+    from torchcodec.decoders import VideoDecoder
+
+    path = shared_data / "videos" / "misc" / "cockatoo.mp4"
+    truth = truths("misc/cockatoo.mp4")
+    raw = VideoDecoder(str(path), seek_mode="exact", dimension_order="NHWC")
+    assert digest(raw.get_frames_at([200]).data.numpy()[0]) != truth[200], "torchcodec became exact: drop priming?"
+    assert_frames_match(open_video(path, backend="torchcodec").get_frames([200, 150]), truth, [200, 150])
 
 
 @pytest.mark.parametrize("name", REAL_VIDEOS)
@@ -284,8 +300,9 @@ def test_decord_import_error_is_actionable(make_video, monkeypatch):
 # ------------------------------------------------------------------------------------------- torchcodec specifics
 @needs_torchcodec
 def test_torchcodec_alone_is_wrong_on_a_truncated_file_which_is_why_pyav_takes_it(shared_data, tmp_path):
-    """bikes.mp4 with its index first and its last byte cut: raw torchcodec returns a damaged frame 248 without an
-    error; the reader sees the truncation (the top-level boxes no longer fill the file) and hands the file to PyAV."""
+    """bikes.mp4 with its index first and its last byte cut: raw torchcodec fails on frame 247, then returns a
+    damaged frame 248 without an error; the reader sees the truncation (the top-level boxes no longer fill the
+    file) and hands the file to PyAV, which keeps the exact 249-frame prefix."""
     from torchcodec.decoders import VideoDecoder
 
     faststart = remux_faststart(shared_data / "videos" / "misc" / "bikes.mp4", tmp_path / "bikes_faststart.mp4")
@@ -294,6 +311,8 @@ def test_torchcodec_alone_is_wrong_on_a_truncated_file_which_is_why_pyav_takes_i
     truth = sequential_digests(faststart)
     raw = VideoDecoder(str(cut), seek_mode="exact", dimension_order="NHWC")
     assert len(raw) == raw.metadata.num_frames_from_header == 250  # the header and the scan agree: no hint there
+    with pytest.raises(RuntimeError):
+        raw.get_frames_at([247])
     assert digest(raw.get_frames_at([248]).data.numpy()[0]) != truth[248], "torchcodec became exact here"
     reader = open_video(cut, backend="torchcodec")
     assert reader.decoder == "pyav" and reader.num_frames == 249

@@ -15,6 +15,9 @@ def setup_logging(level: int = logging.INFO, main_process: bool = True) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root.addHandler(handler)
     root.setLevel(level if main_process else logging.WARNING)
+    # FAISS probes its CPU builds at import and logs each miss ("No module named 'faiss.swigfaiss_avx512'") at INFO:
+    # expected, harmless, and read as errors by newcomers. Its warnings still show.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def is_main_process() -> bool:

@@ -26,7 +26,8 @@ the mask without renormalising, which the cosine makes identical (the scale of `
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Optional
+import logging
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ from ..registry import HEADS
 from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_normalize, masked_mean
 
 ICL_NORMALIZATIONS = ("reference", "batch_mean")
+# model keys the reference preset needs besides the head kwargs (configs/methods/glscl.yaml sets them)
+REFERENCE_MODEL_KEYS = {"text_key_padding_mask": True, "padded_frames": "encode_zero_image"}
+_logger = logging.getLogger(__name__)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +77,7 @@ class GLSCLHead(Head):
     video_feature_keys = ("pooled", "frames", "mask", "queries")
 
     def __init__(self, embed_dim: int = 512, temperature: float = 3.0, num_queries: int = 8, decoder_layers: int = 3,
-                 num_heads: Optional[int] = None, decoder_ff: Optional[int] = None, dropout: float = 0.1,
+                 num_heads: int | None = None, decoder_ff: int | None = None, dropout: float = 0.1,
                  local_weight: float = 0.5, mask_memory: bool = True,
                  alpha: float = 1e-4, margin: float = 0.1, beta: float = 0.02, icl_target: float = 0.75,
                  icl_normalization: str = "reference"):
@@ -92,6 +96,17 @@ class GLSCLHead(Head):
         layer = nn.TransformerDecoderLayer(embed_dim, heads, dim_feedforward=decoder_ff or 4 * embed_dim,
                                            dropout=dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, num_layers=decoder_layers)
+
+    @classmethod
+    def check_config(cls, model_cfg: Any) -> None:
+        """Base checks, and a warning when the reference preset runs without the model keys it needs."""
+        super().check_config(model_cfg)
+        if getattr(model_cfg.head, "preset", None) != "reference":
+            return
+        off = {k: getattr(model_cfg, k, None) for k, v in REFERENCE_MODEL_KEYS.items() if getattr(model_cfg, k, v) != v}
+        if off:
+            _logger.warning("glscl: preset 'reference' with model keys %s: scores differ from the reference code "
+                            "(it needs %s; configs/methods/glscl.yaml sets them)", off, REFERENCE_MODEL_KEYS)
 
     # ------------------------------------------------------------------------------------------------ encoding
     def _decode(self, memory: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -139,7 +154,7 @@ class GLSCLHead(Head):
             self.local_weight * self.local_similarity(text_feats, video_feats)
 
     # ---------------------------------------------------------------------------------------------- aux losses
-    def aux_losses(self, text_feats: Features, video_feats: Features) -> Dict[str, torch.Tensor]:
+    def aux_losses(self, text_feats: Features, video_feats: Features) -> dict[str, torch.Tensor]:
         """``{"idl": alpha * IDL, "icl": ICL}`` on aligned rows (text i <-> video i)."""
         video_q, text_q = _wide(video_feats["queries"]), _wide(text_feats["queries"])  # (B, Nq, E)
         return {"idl": self.alpha * self.intra_diversity(video_q),

@@ -18,6 +18,12 @@ Where torchcodec alone cannot guarantee that, this reader decodes with PyAV inst
 - A torchcodec error during a read (never expected on a trusted file): that read is redone by PyAV, which either
   returns the exact frames or raises ``VideoDecodeError`` naming the file and index.
 
+Priming: a fresh decoder's first read always includes frame 0. FFmpeg learns stream facts from the first packet
+only; e.g. the x264 version in its SEI switches on a workaround for old x264 4:4:4 streams, so misc/cockatoo.mp4
+read from a keyframe seek by a decoder that never saw packet 0 gives wrong frames (as decord and a fresh PyAV seek
+do). Decoding frame 0 first (one intra frame; free when the sampler asks for it anyway) keeps every later seek
+exact, since a seek flushes the decoder's pictures but not what it learnt.
+
 Orientation: torchcodec applies rotation metadata; this reader undoes it (a lossless ``rot90``), so frames come in
 the *stored* orientation like every other backend.
 
@@ -131,7 +137,7 @@ class TorchCodecReader(VideoReader):
         self.device = check_decode_device(device)
         self.seek_min_gap = seek_min_gap
         self._pyav: PyAVReader | None = None
-        self._decoder, self._unrotate, self._num_threads = None, 0, num_threads
+        self._decoder, self._unrotate, self._num_threads, self._primed = None, 0, num_threads, False
         decoder, error = self._open_decoder(path)
         metadata = decoder.metadata if decoder is not None else None
         header = metadata.num_frames_from_header if metadata is not None else None
@@ -195,10 +201,14 @@ class TorchCodecReader(VideoReader):
     def _decode_sorted(self, wanted: np.ndarray):
         if self._decoder is None:  # closed: reopen (the exactness checks were made at open)
             self._decoder, error = self._open_decoder(self.path)
+            self._primed = False
             if self._decoder is None:
                 raise VideoDecodeError(self.path, f"torchcodec cannot reopen the file ({error})")
+        prime = not self._primed and wanted[0] != 0  # see "Priming" in the module doc
         try:
-            frames = self._decoder.get_frames_at(wanted.tolist()).data  # (U, H', W', 3) uint8, display orientation
+            frames = self._decoder.get_frames_at(([0] if prime else []) + wanted.tolist()).data  # (U', H', W', 3)
+            frames = frames[1:] if prime else frames  # (U, H', W', 3) uint8, display orientation
+            self._primed = True
         except Exception as exc:
             _logger.warning("%s: torchcodec failed on frames %s (%s); reading them with PyAV", self.path,
                             wanted.tolist()[:8], _short(exc))
@@ -221,7 +231,7 @@ class TorchCodecReader(VideoReader):
             reader.close()
 
     def close(self) -> None:
-        self._decoder = None
+        self._decoder, self._primed = None, False
         if self._pyav is not None:
             self._pyav.close()
 
