@@ -159,6 +159,8 @@ def test_vidclip_checkpoint_keeps_the_activation_it_was_built_with(tiny_names, t
         reloaded = _vidclip(name, file)
         expected = "quick_gelu" if recorded is trained.cfg else "gelu"
         assert reloaded.model_info()["activation"] == expected
+        if expected == "quick_gelu":  # the reloaded model scores exactly as the one that was saved
+            assert torch.equal(_vidclip_scores(reloaded, images), _vidclip_scores(trained, images))
 
 
 @pytest.mark.parametrize("name,tag,quick", [

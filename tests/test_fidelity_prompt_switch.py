@@ -134,7 +134,8 @@ def reference_caption_loss(p, frames, mask, tokens):
     memory_bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))[:, None, None, :]
     for i in range(2):
         x = _decoder_layer(x, frames, p, f"captioner.decoder.layers.{i}", causal, memory_bias)
-    logits = _ln(x, p, "captioner.decoder.norm") @ p["captioner.caption_head.weight"].t() + p["captioner.caption_head.bias"]
+    hidden = _ln(x, p, "captioner.decoder.norm")
+    logits = hidden @ p["captioner.caption_head.weight"].t() + p["captioner.caption_head.bias"]
     weights = torch.ones(logits.shape[-1], dtype=logits.dtype)
     frequent = set(_tokenizer.encode(FREQUENT)) | {_tokenizer.sot_token_id, _tokenizer.eot_token_id}
     weights[sorted(frequent)] = 0.25

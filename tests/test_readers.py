@@ -300,7 +300,7 @@ def test_decord_import_error_is_actionable(make_video, monkeypatch):
 # ------------------------------------------------------------------------------------------- torchcodec specifics
 @needs_torchcodec
 def test_torchcodec_alone_is_wrong_on_a_truncated_file_which_is_why_pyav_takes_it(shared_data, tmp_path):
-    """bikes.mp4 with its index first and its last byte cut: raw torchcodec fails on frame 247, then returns a
+    """bikes.mp4 with its index first and its last byte cut: raw torchcodec reads 246, fails on 247, then returns a
     damaged frame 248 without an error; the reader sees the truncation (the top-level boxes no longer fill the
     file) and hands the file to PyAV, which keeps the exact 249-frame prefix."""
     from torchcodec.decoders import VideoDecoder
@@ -311,6 +311,7 @@ def test_torchcodec_alone_is_wrong_on_a_truncated_file_which_is_why_pyav_takes_i
     truth = sequential_digests(faststart)
     raw = VideoDecoder(str(cut), seek_mode="exact", dimension_order="NHWC")
     assert len(raw) == raw.metadata.num_frames_from_header == 250  # the header and the scan agree: no hint there
+    raw.get_frames_at([246])
     with pytest.raises(RuntimeError):
         raw.get_frames_at([247])
     assert digest(raw.get_frames_at([248]).data.numpy()[0]) != truth[248], "torchcodec became exact here"

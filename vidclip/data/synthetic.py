@@ -295,7 +295,8 @@ def _record(split: str, spec: ClipSpec) -> VideoRecord:
 def make_synthetic_dataset(out: Union[str, Path], num_train: int = 1200, num_val: int = 48, num_test: int = 64,
                            seed: int = 0, size: int = 64, frames: int = 16, fps: int = 8,
                            captions_per_video: int = 4, codec: str = "libx264rgb",
-                           show_progress: bool | None = None, train_layout: str = "twins+still") -> dict[str, Path]:
+                           show_progress: bool | None = None, train_layout: str = "twins+still",
+                           workers: int = 0) -> dict[str, Path]:
     """Write the three splits under ``out`` and return ``{split: path of its JSONL list}``.
 
     Training videos get ``captions_per_video`` paraphrases and are laid out as ``train_layout`` (default
@@ -303,7 +304,8 @@ def make_synthetic_dataset(out: Union[str, Path], num_train: int = 1200, num_val
     keeps twins together — ``data.group_by_meta=pair_id`` — holds the one negative that only frame order can tell
     apart; ``single``: independent clips). Val and test videos get exactly one caption (one text per video, the
     layout ``motion_direction_accuracy`` expects) and come as time-reversed twin pairs (an odd count ends with one
-    unpaired still clip). Same arguments, same lists and the same decoded frames.
+    unpaired still clip). Same arguments, same lists and the same decoded frames, for any number of ``workers``
+    (processes encoding clips in parallel; 0 encodes in this process).
     """
     for name, count in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
         if count < 0:
@@ -320,7 +322,7 @@ def make_synthetic_dataset(out: Union[str, Path], num_train: int = 1200, num_val
         count, layout, caps = plan[split]
         rng = np.random.default_rng([seed, SPLIT_STREAMS[split]])
         specs[split] = plan_split(split, count, settings, rng, taken, layout, caps)
-    _encode_all(out / "videos", specs, settings, show_progress)
+    _encode_all(out / "videos", specs, settings, show_progress, workers)
     lists = {}
     for split in ("train", "val", "test"):
         lists[split] = write_list([_record(split, s) for s in specs[split]], out / f"synthetic_{split}.jsonl")
@@ -328,19 +330,32 @@ def make_synthetic_dataset(out: Union[str, Path], num_train: int = 1200, num_val
     return lists
 
 
+def _encode_one(job: tuple[Path, ClipSpec, SyntheticSettings]) -> None:
+    path, spec, settings = job
+    clip = render_clip(spec.shape, spec.colour, spec.path, spec.background)  # (T, H, W, 3)
+    write_mp4(path, clip, settings.fps, settings.codec)
+
+
 def _encode_all(videos_root: Path, specs: dict[str, list[ClipSpec]], settings: SyntheticSettings,
-                show_progress: bool | None) -> None:
+                show_progress: bool | None, workers: int = 0) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     total = sum(len(v) for v in specs.values())
     disable = not sys.stderr.isatty() if show_progress is None else not show_progress
     _logger.info("writing %d synthetic clips (%d frames, %dx%d px, %d fps, %s) under %s", total, settings.frames,
                  settings.size, settings.size, settings.fps, settings.codec, videos_root)
+    jobs = [(videos_root / split / f"{spec.video_id}.mp4", spec, settings)
+            for split, split_specs in specs.items() for spec in split_specs]
     with tqdm(total=total, desc="synthetic videos", unit="video", disable=disable) as bar:
-        for split, split_specs in specs.items():
-            for spec in split_specs:
-                clip = render_clip(spec.shape, spec.colour, spec.path, spec.background)  # (T, H, W, 3)
-                write_mp4(videos_root / split / f"{spec.video_id}.mp4", clip, settings.fps, settings.codec)
+        if workers <= 0:
+            for job in jobs:
+                _encode_one(job)
+                bar.update(1)
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for _ in pool.map(_encode_one, jobs, chunksize=16):
                 bar.update(1)
 
 

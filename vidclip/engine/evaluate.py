@@ -19,11 +19,12 @@ import torch
 from omegaconf import DictConfig
 
 from ..config import to_container
-from ..data.builders import SPLIT_KEYS, build_dataset
+from ..data.builders import SPLIT_KEYS, build_dataset, list_path_for
 from ..data.lists import read_list
 from ..data.loaders import build_eval_loader
 from ..errors import DataListError, IntegrityError
 from ..features import Features
+from ..identity import sha256_file, weights_sha256
 from ..io import atomic_write_json
 from ..metrics import retrieval_metrics
 from ..ops.similarity import chunked_similarity, chunked_similarity_levels
@@ -237,6 +238,8 @@ def run_evaluation(cfg: DictConfig, checkpoint: Optional[str] = None, embeddings
     report = evaluate(cfg, model, torch_device, embeddings=embeddings)
     report["checkpoint"] = checkpoint
     report["embeddings"] = embeddings
+    report["identity"] = {"weights_sha256": weights_sha256(model.state_dict()),  # what produced these numbers
+                          "list_sha256": sha256_file(list_path_for(cfg, cfg.eval.split))}
     report["config"] = to_container(cfg)
     atomic_write_json(out, report)
     return report, out

@@ -3,9 +3,10 @@
 Output layout (architecture.md §3)::
 
     DIR/config.yaml                 resolved config (model + preprocessing)
-    DIR/model.json                  model identity (arch, head, pretrained / checkpoint)
+    DIR/model.json                  model (arch, head, weights source), identity, and file checksums when complete
     DIR/shards/shard_00000.safetensors   features of videos [0, S), row-aligned with ...
-    DIR/shards/shard_00000.jsonl         ... the manifest lines of the same videos
+    DIR/shards/shard_00000.sha256        ... SHA-256 of the features and of the manifest part, written between them
+    DIR/shards/shard_00000.jsonl         ... the manifest lines of the same videos (renamed last: marks completion)
     DIR/manifest.jsonl              every input video in input order: id, path, status, error, num_frames, shard, row
 
 Work is cut into shards of ``--shard-size`` consecutive inputs (inputs sorted, so the cut is deterministic); process
@@ -13,6 +14,15 @@ Work is cut into shards of ``--shard-size`` consecutive inputs (inputs sorted, s
 file and renamed, so a process killed at any moment loses at most the shard in progress; ``--resume`` skips complete
 shards and the result is byte-identical to an uninterrupted run. Broken files are recorded as ``failed`` with their
 error and never stop the run.
+
+Identity (``model.json["identity"]``): the config keys that change the features (:func:`content_config`), the
+SHA-256 of the weights (with their source, or the seed of a random init), of the input list and its videos root,
+and the shard size. ``--resume`` refuses any difference, naming the keys; shards whose checksums do not match are
+extracted again. Readers verify the manifest and shard checksums recorded at the end (``model.json["files"]``) and
+search / evaluation rebuild the recorded model and check its hash.
+
+Video ids of a folder are unique by construction (:func:`unique_video_ids`): the file stem, or the relative path with
+extension when another file shares the stem; a JSONL list keeps its own ids (duplicates are refused).
 """
 from __future__ import annotations
 

@@ -29,8 +29,13 @@ from torch import nn
 from ..config import MODEL_CONFIG_DIR, ModelCfg, model_config_from_arch
 from ..errors import CheckpointError, ConfigError
 from .video_text_model import VideoTextModel
-from .weights import (is_torchscript_archive, load_open_clip_weights, load_vidclip_weights, read_weights_metadata,
-                      vidclip_weights_file)
+from .weights import (
+    is_torchscript_archive,
+    load_open_clip_weights,
+    load_vidclip_weights,
+    read_weights_metadata,
+    vidclip_weights_file,
+)
 
 _logger = logging.getLogger(__name__)
 
