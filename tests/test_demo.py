@@ -31,3 +31,18 @@ def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
     assert html.is_file() and "data:image/jpeg;base64," in html.read_text()
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["table"] == table
+    # every clip was decoded once into the frame cache the recipes read (one sampler and size: one folder)
+    shards = list((tmp_path / "demo" / "frame_cache").glob("*/shard_*.npy"))
+    assert shards and len({p.parent for p in shards}) == 1
+
+
+def test_console_logging_hides_faiss_build_probing():
+    """FAISS logs each CPU build it fails to load at INFO ("No module named 'faiss.swigfaiss_avx512'")."""
+    import logging
+
+    from vidclip.cli.common import setup_logging
+
+    setup_logging()
+    assert logging.getLogger("vidclip").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
+    assert logging.getLogger("faiss.loader").isEnabledFor(logging.WARNING)

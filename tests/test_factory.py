@@ -7,10 +7,11 @@ from safetensors.torch import save_file
 
 import vidclip
 from vidclip.config import load_config, model_config_from_arch
-from vidclip.models.weights import save_model_weights
 from vidclip.errors import CheckpointError
 from vidclip.models.factory import build_clip
 from vidclip.models.video_text_model import VideoTextModel
+from vidclip.models.weights import save_model_weights
+from vidclip.objective import build_objective
 from vidclip.registry import HEADS
 from vidclip.tokenizer import tokenize
 
@@ -51,7 +52,7 @@ def test_tiny_configs_build_and_train_forward(arch):
     _skip_without_head(arch)
     model = vidclip.create_model(arch)
     assert model.cfg.arch == arch and model.cfg.clip.vision_cfg is not None  # inline: never downloads
-    out = model(_batch(model, frames=4))
+    out = build_objective(model)(model, _batch(model, frames=4))
     assert {"loss", "contrastive"} <= set(out) and torch.isfinite(out["loss"])
 
 
@@ -63,7 +64,7 @@ def _forward_big(arch):
     assert model.image_size == 224 and model.embed_dim == 512
     assert model.text_encoder.context_length == cfg.context_length
     with torch.no_grad():
-        out = model(_batch(model, frames=6, n=2))
+        out = build_objective(model)(model, _batch(model, frames=6, n=2))
     assert torch.isfinite(out["loss"])
     if cfg.temporal.type == "seq_transformer":
         assert len(model.temporal.blocks) == cfg.temporal.num_layers == 4
@@ -132,7 +133,7 @@ def test_vidclip_checkpoint_round_trip(tmp_path):
     arch = "tiny-seqtransf"
     trained = vidclip.create_model(arch).train()
     opt = torch.optim.Adam(trained.parameters(), lr=1e-2)
-    trained(_batch(trained, frames=3))["loss"].backward()
+    build_objective(trained)(trained, _batch(trained, frames=3))["loss"].backward()
     opt.step()
     trained.eval()
     file = save_model_weights(trained, tmp_path / "model.safetensors", step=1, arch=arch)

@@ -226,6 +226,6 @@ def test_two_processes_equal_one_process_with_the_global_batch(synthetic, tmp_pa
     assert "2 process(es)" in double.stderr
     one_dir, one = _final_weights(tmp_path / "one")
     two_dir, two = _final_weights(tmp_path / "two")
-    assert (two_dir / "random_states_1.pkl").is_file(), "both processes saved their RNG state"
+    assert (two_dir / "rng_state_1.safetensors").is_file(), "both processes saved their RNG state"
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-5, msg=f"weights differ at {key}")

@@ -196,6 +196,11 @@ class DemoCfg:
     overrides: List[str] = field(default_factory=list)  # key=value applied to every recipe
     search_recipe: Optional[str] = None  # recipe whose model extracts embeddings and answers the queries
     queries: List[str] = field(default_factory=list)  # text queries run through tools/search.py
+    workers: int = 2  # processes writing the synthetic clips and decoding them into the frame cache
+    frame_cache: bool = True  # decode every clip once into <out_dir>/frame_cache (data.frame_cache of every recipe)
+    # Recipe (one of demo.recipes; trained first) whose trained CLIP towers start every other recipe
+    # (model.pretrained), as pretrained CLIP weights start the real recipes. None: every recipe from scratch
+    backbone_from: Optional[str] = None
 
 
 @dataclass

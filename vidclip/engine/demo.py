@@ -1,6 +1,8 @@
 """The end-to-end demo behind ``make demo`` / ``vidclip demo [--config configs/demo.yaml] [key=value ...]``.
 
-1. writes the synthetic dataset (real mp4 files, unified JSONL lists) unless ``demo.data_dir`` points at lists;
+1. writes the synthetic dataset (real mp4 files, unified JSONL lists; ``demo.workers`` processes) unless
+   ``demo.data_dir`` points at lists, and with ``demo.frame_cache`` decodes every clip once into
+   ``<out_dir>/frame_cache`` (the recipes' ``data.frame_cache``; ``demo.workers`` DataLoader workers);
 2. trains every recipe in ``demo.recipes`` with the same training function ``tools/train.py`` runs (recipe paths:
    as given, else next to the demo config, else among the packaged configs, see :func:`resolve_recipe`);
 3. evaluates each on the test split with the real metrics, plus accuracy on the motion-direction queries that need
@@ -57,7 +59,7 @@ def prepare_data(demo: DictConfig, seed: int) -> Path:
         return Path(demo.data_dir)
     out = Path(demo.out_dir) / "data"
     argv = ["--out", str(out), "--seed", str(seed)]  # the make-synthetic command line: the re-use stamp
-    kwargs: Dict[str, int] = {"seed": seed}
+    kwargs: Dict[str, int] = {"seed": seed, "workers": demo.workers}
     if demo.num_videos:
         argv += ["--num-videos", str(demo.num_videos)]
         kwargs["num_train"] = demo.num_videos
@@ -82,9 +84,41 @@ def recipe_overrides(demo: DictConfig, data_dir: Path, run_dir: Path) -> List[st
         f"data.test_list={data_dir / 'synthetic_test.jsonl'}",
         f"train.output_dir={run_dir}",
     ]
+    if demo.frame_cache:
+        overrides.append(f"data.frame_cache={Path(demo.out_dir) / 'frame_cache'}")
     if demo.steps:
         overrides.append(f"train.max_steps={demo.steps}")
     return overrides + list(demo.overrides)
+
+
+def fill_frame_cache(recipe: str, overrides: List[str], workers: int) -> None:
+    """Decode the recipe's train, val and test clips into its ``data.frame_cache`` with ``workers`` processes
+    (nothing to do when the cache already holds them, e.g. for a second recipe with the same sampler and size)."""
+    from ..data.builders import build_dataset
+
+    cfg = load_config(recipe, overrides + [f"data.num_workers={workers}"])
+    if not cfg.data.frame_cache:
+        return
+    for split, train in (("train", True), ("val", False), ("test", False)):
+        if cfg.data[f"{split}_list"]:
+            build_dataset(cfg, split, train=train)
+
+
+def export_clip_weights(recipe: str, overrides: List[str], checkpoint: str, path: Path) -> Path:
+    """Write the CLIP towers (and the trained logit scale) of a trained recipe as an open_clip state dict, the
+    format ``model.pretrained`` loads into any recipe of the same CLIP architecture."""
+    from ..models.factory import build_clip, create_model
+    from ..models.video_text_model import VideoTextModel
+
+    cfg = load_config(recipe, overrides)
+    trained = create_model(cfg.model, pretrained=checkpoint)
+    clip = build_clip(trained.cfg.clip)
+    VideoTextModel(clip, trained.cfg).load_state_dict(trained.state_dict())  # the towers are shared with ``clip``
+    with torch.no_grad():
+        clip.logit_scale.copy_(trained.logit_scale.detach().reshape(clip.logit_scale.shape))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(clip.state_dict(), path)
+    return path
 
 
 def train_and_evaluate(recipe: str, overrides: List[str], device: torch.device) -> Dict[str, Any]:
@@ -157,6 +191,16 @@ def results_table(reports: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _backbone_recipe(demo: DictConfig, recipes: List[str], config_dir: Optional[Path]) -> Optional[str]:
+    if not demo.backbone_from:
+        return None
+    backbone = resolve_recipe(demo.backbone_from, config_dir)
+    if _recipe_name(backbone) not in {_recipe_name(r) for r in recipes}:
+        raise ConfigError(f"demo.backbone_from={demo.backbone_from} is not among demo.recipes: list it there too "
+                          "(it is trained first) or set demo.backbone_from=null")
+    return next(r for r in recipes if _recipe_name(r) == _recipe_name(backbone))
+
+
 def run_demo(cfg: DictConfig, config_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Everything the demo does; returns the results (also written under ``demo.out_dir``).
 
@@ -174,15 +218,24 @@ def run_demo(cfg: DictConfig, config_dir: Optional[Path] = None) -> Dict[str, An
         if search not in {_recipe_name(r) for r in recipes}:
             raise ConfigError(f"demo.search_recipe={demo.search_recipe} is not among demo.recipes: the search uses "
                               "that recipe's trained model, so list it there too (or set demo.queries=[])")
+    backbone = _backbone_recipe(demo, recipes, config_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()
     data_dir = prepare_data(demo, cfg.train.seed)
-    reports = {}
-    for recipe in recipes:
+    reports, pretrained = {}, []
+    for recipe in sorted(recipes, key=lambda r: r != backbone):  # the backbone recipe first
         name = _recipe_name(recipe)
         _logger.info("=== %s ===", name)
         run_dir = Path(demo.out_dir) / "runs" / name
-        reports[name] = train_and_evaluate(recipe, recipe_overrides(demo, data_dir, run_dir), device)
+        overrides = recipe_overrides(demo, data_dir, run_dir) + pretrained
+        fill_frame_cache(recipe, overrides, demo.workers)
+        reports[name] = train_and_evaluate(recipe, overrides, device)
+        if recipe == backbone:
+            path = export_clip_weights(recipe, overrides, reports[name]["checkpoint"],
+                                       Path(demo.out_dir) / "backbone" / f"{name}_clip.pt")
+            _logger.info("CLIP towers of %s -> %s: the other recipes start from them", name, path)
+            pretrained = [f"model.pretrained={path}"]
+    reports = {_recipe_name(r): reports[_recipe_name(r)] for r in recipes}  # table in the listed order
     search = run_search(demo, data_dir, device, config_dir) if demo.queries else None
     out = Path(demo.out_dir)
     table = results_table(reports)

@@ -250,6 +250,8 @@ class PyAVReader(VideoReader):
         container, stream = self._open()
         found: dict[int, np.ndarray] = {}
         try:
+            if segments[0][0] > 0:  # decode frame 0 first: FFmpeg learns stream facts (e.g. the x264 version SEI
+                next(iter(_decoded_frames(container, stream, self.path)), None)  # of cockatoo.mp4) from packet 0
             for start, frames in segments:
                 if start > 0:
                     container.seek(int(self._index.pts[start]), stream=stream, backward=True, any_frame=False)

@@ -11,9 +11,10 @@ Where torchcodec alone cannot guarantee that, this reader decodes with PyAV inst
   the file is a complete ISO BMFF file (MP4/MOV: the top-level boxes end exactly at the end of the file, checked
   from a few box headers), the common case, which costs nothing beyond torchcodec's own scan. Any other file (no or
   different header count, Ogg, AVI, MKV, trailing bytes) is probed by PyAV's rules (``pyav.probe``).
-- Truncated files: torchcodec decodes the damaged last packet and can return a wrong frame silently (e.g. frame 248
-  of a 250-frame MP4 missing its last byte). A file PyAV finds truncated, or whose decodable count differs from
-  torchcodec's, is decoded by PyAV, which keeps the exact decodable prefix.
+- Truncated files: torchcodec counts the cut packet as a frame and fails on a frame the sequential decode yields
+  (bikes.mp4 with its index first, minus its last byte: 250 frames counted, frame 247 fails; PyAV decodes 249).
+  A file PyAV finds truncated, or whose decodable count differs from torchcodec's, is decoded by PyAV, which keeps
+  the exact decodable prefix.
 - Files torchcodec cannot open but PyAV can (another FFmpeg build, a codec the system libraries lack).
 - A torchcodec error during a read (never expected on a trusted file): that read is redone by PyAV, which either
   returns the exact frames or raises ``VideoDecodeError`` naming the file and index.
