@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = Path(os.environ.get("VIDCLIP_BENCH_DIR", HERE.parent / "bench_results"))
 SCRIPTS = ["bench_loading.py", "bench_encoder.py", "bench_similarity.py", "bench_ot.py", "bench_search.py",
-           "bench_train.py", "bench_metrics.py"]
+           "bench_train.py", "bench_metrics.py", "bench_frame_cache.py"]
 
 
 def main(argv=None) -> int:

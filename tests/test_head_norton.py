@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from vidclip.errors import ConfigError
-from vidclip.heads import create_head
 from vidclip.features import TextEncoderOutput, VideoEncoderOutput
+from vidclip.heads import create_head
 from vidclip.heads.norton import paragraph_similarity
 from vidclip.ops.ot import add_bucket, bucket_marginals
 from vidclip.ops.similarity import chunked_similarity
@@ -207,3 +207,70 @@ def test_config_check_and_bad_options():
         create_head("norton", bucket="median")
     assert math.isclose(create_head("norton", bucket=0.25).bucket_value, 0.25)
     assert np.isclose(create_head("norton", bucket="learnable", bucket_init=0.3).bucket.item(), 0.3)
+
+
+def test_sentence_group_blocks_and_reference_preset_scores():
+    from vidclip.losses import sentence_group_blocks
+
+    cost = torch.arange(25, dtype=torch.float64).reshape(5, 5)
+    blocks, mask = sentence_group_blocks(cost, torch.tensor([7, 3, 7, 3, 7]))  # groups in row order: 3 -> 0, 7 -> 1
+    assert mask.tolist() == [[True, True, False], [True, True, True]]
+    assert blocks[1, 0, :, :2].tolist() == [[1.0, 3.0], [11.0, 13.0], [21.0, 23.0]]  # rows 0,2,4 x columns 1,3
+    assert blocks[0, 1].tolist() == [[5.0, 7.0, 9.0], [15.0, 17.0, 19.0], [0.0, 0.0, 0.0]]
+    text, video = text_batch(), video_batch()
+    head = create_head("norton", **create_head("norton").PRESETS["reference"]).eval()
+    tf, vf = head.encode_text(text), head.encode_video(video)
+    assert torch.allclose(head.similarity(tf, vf), tf["pooled"] @ vf["pooled"].t())  # reference: pooled cosine
+    cost = head.paragraph_cost(tf, vf)
+    assert cost.min() >= 0 and cost.max() <= 1 and cost.shape == (5, 4)
+    head64 = create_head("norton").double()
+    tf64 = {k: v.double() if v.is_floating_point() else v for k, v in tf.items()}
+    vf64 = {k: v.double() if v.is_floating_point() else v for k, v in vf.items()}
+    assert head64.similarity(tf64, vf64).dtype == torch.float64  # float64 stays float64 (fidelity tests)
+
+
+def _double(feats):
+    return {k: v.double() if v.is_floating_point() else v for k, v in feats.items()}
+
+
+def test_fast_paths_equal_pot_and_untrimmed_float64():
+    """Scaling-form Sinkhorn == POT's log domain; dropping all-padding slots changes nothing (ragged masks, a caption
+    without words, chunk boundaries)."""
+    text, video = text_batch(b=6, length=10), video_batch(b=4, t=6, lengths=(6, 2, 4, 1))
+    text.mask[:, 8:] = False  # slots 8, 9 are padding in every caption: dropped
+    text.mask[5, 1:] = False  # a caption with no word after SOT
+    for fine in ("ot", "lse", "ot+lse"):
+        fast = create_head("norton", fine=fine).double().eval()
+        slow = create_head("norton", fine=fine, ot_solver="pot").double().eval()
+        tf, vf = _double(fast.encode_text(text)), _double(fast.encode_video(video))
+        full = fast.similarity(tf, vf)
+        assert full.dtype == torch.float64
+        assert torch.allclose(full, slow.similarity(tf, vf), rtol=1e-10, atol=1e-12), fine
+        assert torch.allclose(chunked_similarity(fast, tf, vf, text_chunk=2, video_chunk=3, out_dtype=torch.float64),
+                              full, rtol=1e-10, atol=1e-12), fine
+    quirk = create_head("norton", fine="lse", lse_mean=False, lse_padding_quirk=True).double()
+    tf, vf = _double(quirk.encode_text(text)), _double(quirk.encode_video(video))
+    sims = torch.einsum("tld,vfd->tvlf", tf["words"], vf["frames"])  # untrimmed (Nt, Nv, L, T)
+    untrimmed = quirk.soft_maximum_terms(sims, tf["word_mask"][:, None, :, None], vf["mask"][None, :, None, :])
+    trimmed = quirk.soft_maximum_terms(*quirk.word_frame(tf, vf))
+    for a, b in zip(trimmed, untrimmed):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_scaling_sinkhorn_equals_pot_with_zero_marginals():
+    from vidclip.ops.ot import sinkhorn_batch
+
+    gen = torch.Generator().manual_seed(5)
+    cost = torch.rand(7, 5, 4, generator=gen, dtype=torch.float64) * 2 - 1  # (G, m, n)
+    rows = torch.rand(7, 5, generator=gen) > 0.3
+    cols = torch.rand(7, 4, generator=gen) > 0.3
+    rows[:, 0], cols[:, 0] = True, True
+    a, b = bucket_marginals(rows, cols, torch.float64)
+    cost = torch.cat([cost, torch.zeros(7, 1, 4, dtype=torch.float64)], 1)
+    cost = torch.cat([cost, torch.zeros(7, 6, 1, dtype=torch.float64)], 2)  # (G, m+1, n+1) with the bucket
+    pot = sinkhorn_batch(cost, a, b, reg=0.1, iters=50, solver="pot")
+    fast = sinkhorn_batch(cost, a, b, reg=0.1, iters=50, solver="scaling")
+    assert torch.allclose(fast, pot, rtol=1e-10, atol=1e-14)
+    assert fast[:, :5][~rows].abs().max() == 0  # zero-mass rows stay exactly zero
+    wide = sinkhorn_batch(cost * 100, a, b, reg=0.1, iters=5)  # range 2000 / 0.1: auto falls back to POT
+    assert torch.isfinite(wide).all()

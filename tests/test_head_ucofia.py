@@ -344,3 +344,47 @@ def test_presets_resolve_to_constructor_kwargs():
     assert UCoFiAHead.PRESETS["released_checkpoint"]["scorer"] == "video_global"
     for preset in UCoFiAHead.PRESETS.values():
         create_head("ucofia", embed_dim=D, max_words=12, max_frames=6, **preset)
+
+
+# ------------------------------------------------------------------------------------------ inference fast path
+@pytest.mark.parametrize("preset", [None, "reference"])
+def test_inference_patch_word_equals_the_straightforward_computation(monkeypatch, preset):
+    """No autograd: trailing padding slots dropped, texts in micro-blocks, in-place ISA; equal (float64) to the
+    masked computation over every slot with autograd, for ragged words, padded frames, an all-padding tail and
+    micro-block boundaries that do not divide the block."""
+    import vidclip.heads.ucofia as ucofia
+
+    kwargs = dict(UCoFiAHead.PRESETS[preset]) if preset else {}
+    kwargs.update(eval_topk="hard")
+    head = make_head(**kwargs).double().eval()
+    perturb_weights(head)
+    video = video_batch(b=5, lengths=(3, 1, 2, 3, 1))  # frame slot 4 is padding in every video
+    text = text_batch(b=7, length=11)  # at most 7 real words: slots 7..10 are padding in every caption
+    video = VideoEncoderOutput(*(x.double() if x.is_floating_point() else x for x in
+                                 (video.frames, video.temporal, video.mask, video.patches)))
+    text = TextEncoderOutput(text.pooled.double(), text.tokens.double(), text.mask)
+    with torch.no_grad():
+        t, v = head.encode_text(text), head.encode_video(video)
+    with torch.enable_grad():
+        straight = head._patch_word_block(t["words"], t["word_mask"], v["pixels"], v["pixel_mask"])
+    for elements in (1, 3 * 11 * v["pixels"].shape[1] + 1, 1 << 20):  # one text, a ragged split, one block
+        monkeypatch.setattr(ucofia, "PW_BLOCK_ELEMENTS", elements)
+        with torch.no_grad():
+            fast = head.patch_word(t, v)
+        assert torch.allclose(fast, straight.detach(), rtol=1e-12, atol=1e-12), elements
+    with torch.no_grad():
+        full = head.similarity(t, v)
+        assert torch.allclose(chunked_similarity(head, t, v, 3, 2, out_dtype=torch.float64), full, rtol=1e-12,
+                              atol=1e-12)
+
+
+def test_pair_bytes_bound_the_planned_blocks():
+    from vidclip.ops.similarity import plan_chunks
+
+    head = make_head().eval()
+    with torch.no_grad():
+        t, v = head.encode_text(text_batch(length=12)), head.encode_video(video_batch())
+    per_pair = head.pair_bytes(t, v)
+    assert per_pair >= 4 * 4 * 12 * v["pixels"].shape[1]
+    text_chunk, video_chunk = plan_chunks(head, t, v, max_block_mb=per_pair * 6 / 2**20)
+    assert text_chunk * video_chunk <= 6

@@ -142,14 +142,21 @@ class TrainCfg:
     lr: float = 1e-4  # learning rate of new modules (heads, temporal, prompts)
     clip_lr: float = 1e-7  # learning rate of the CLIP backbone
     weight_decay: float = 0.2  # AdamW decay (vidclip groups: never on biases, norms, embeddings, logit scale, prompts)
+    optimizer: str = "adamw"  # adamw | bertadam (CLIP4Clip/GLSCL/UCoFiA: no bias correction, per-tensor clip)
+    per_tensor_clip: float = 1.0  # bertadam: clip each gradient tensor to this norm inside the step (0: off)
     param_groups: str = "vidclip"  # vidclip | prompt_switch_reference | clip4clip_reference (vidclip.engine.optim)
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
     eps: float = 1e-6  # AdamW epsilon
     warmup_ratio: float = 0.1  # linear warm-up as a fraction of the total steps
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak learning rate
+    # warmup_cosine (warm-up, then cosine renormalised to the rest) | bertadam_warmup_cosine (BertAdam's: x=step/total,
+    # x/warmup_ratio during warm-up, then 0.5(1+cos(pi x)) not renormalised; first step lr 0; vidclip.engine.optim)
+    schedule: str = "warmup_cosine"
+    schedule_epochs: Optional[int] = None  # LR-schedule horizon in epochs (None: the run's steps; GLSCL: 5)
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     mixed_precision: str = "no"  # no | fp16 | bf16 (through accelerate)
     freeze_layers: int = -1  # freeze CLIP embeddings and the first N visual/text blocks (-1: freeze nothing)
+    freeze_conv1: bool = False  # freeze only the visual patch embedding conv1 (GLSCL)
     val_every: int = 0  # validate every N optimiser steps (0: at the end of every epoch)
     save_every: int = 0  # checkpoint every N optimiser steps (0: at the end of every epoch)
     log_every: int = 10  # throughput line every N optimiser steps
@@ -219,6 +226,8 @@ CHOICES: Dict[str, Sequence[str]] = {
     "model.padded_frames": ("zero_features", "encode_zero_image"),
     "model.prompt.aggregation": ("chunk", "model_frames"),
     "train.param_groups": ("vidclip", "prompt_switch_reference", "clip4clip_reference"),
+    "train.optimizer": ("adamw", "bertadam"),
+    "train.schedule": ("warmup_cosine", "bertadam_warmup_cosine"),
     "data.slice": ("head", "tail", "uniform"),
     "data.train_augment": ("none", "crop_flip"),
     "data.caption_sampling": ("random", "all"),
@@ -488,6 +497,12 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_head(cfg)
     if cfg.train.grad_accum_steps < 1:
         raise ConfigError(f"train.grad_accum_steps={cfg.train.grad_accum_steps} must be at least 1")
+    if cfg.train.schedule == "bertadam_warmup_cosine" and cfg.train.min_lr_ratio:
+        raise ConfigError(f"train.min_lr_ratio={cfg.train.min_lr_ratio}: train.schedule=bertadam_warmup_cosine has no "
+                          "floor (BertAdam's cosine). Set train.min_lr_ratio=0 or train.schedule=warmup_cosine")
+    if cfg.train.schedule_epochs is not None and cfg.train.schedule_epochs < 1:
+        raise ConfigError(f"train.schedule_epochs={cfg.train.schedule_epochs} must be a positive number of epochs "
+                          "or null (the run's own length)")
     needs_bank = POSTPROCESSORS.info(cfg.eval.postprocess, "needs_query_bank", False)
     if needs_bank and not cfg.eval.query_bank_list and not data.train_list:
         raise ConfigError(
@@ -514,7 +529,8 @@ def _check_prompt_aggregation(prompt: Any, num_frames: int, test_frames: int) ->
 # Counts that must be positive (a zero would fail late, mid-run, or silently do nothing).
 POSITIVE_KEYS = ("train.batch_size", "train.epochs", "train.log_every", "eval.batch_size", "eval.text_chunk",
                  "eval.video_chunk", "extract.batch_size", "extract.shard_size", "data.image_size")
-NON_NEGATIVE_KEYS = ("train.lr", "train.clip_lr", "train.weight_decay", "train.grad_clip", "data.num_workers")
+NON_NEGATIVE_KEYS = ("train.lr", "train.clip_lr", "train.weight_decay", "train.grad_clip", "train.per_tensor_clip",
+                     "data.num_workers")
 
 
 def _check_counts(cfg: DictConfig) -> None:

@@ -18,6 +18,16 @@
   step already learns), then cosine from the peak down to ``min_lr_ratio * peak`` at ``total``.
 * Freezing (``train.freeze_layers = N >= 0``, CLIP4Clip's ``freeze_layer_num``): the patch/token embeddings, conv1,
   class and positional embeddings, ``ln_pre`` and residual blocks ``0..N-1`` of both towers are frozen.
+  ``train.freeze_conv1`` freezes only the visual patch embedding (GLSCL's ``requires_grad = False`` on conv1).
+* Optimiser (``train.optimizer``): ``adamw`` (default, ``torch.optim.AdamW``) or ``bertadam``, the BERT Adam of
+  CLIP4Clip / GLSCL / UCoFiA (:class:`BertAdam`): no bias correction, each gradient tensor clipped to norm
+  ``train.per_tensor_clip`` inside the step (after the global ``train.grad_clip``), decay ``lr * wd * w`` added to
+  the step.
+* ``train.schedule: bertadam_warmup_cosine`` (:func:`bertadam_warmup_cosine`): BertAdam's ``warmup_cosine`` with
+  ``x = step / t_total``: ``x / warmup_ratio`` while ``x < warmup_ratio`` (the first step has lr 0), then
+  ``0.5 * (1 + cos(pi * x))`` over the whole horizon (not renormalised after warm-up, so it jumps from 1 to
+  ``0.5 * (1 + cos(pi * warmup_ratio))`` and never reaches 0 before ``t_total``; past ``t_total`` it rises again).
+  ``t_total`` is the run's steps, or ``train.schedule_epochs`` epochs of steps (GLSCL hard-codes 5).
 """
 from __future__ import annotations
 
@@ -100,13 +110,79 @@ def param_groups(model: nn.Module, lr: float, clip_lr: float, weight_decay: floa
     return list(groups.values())
 
 
-def create_optimizer(model: nn.Module, train_cfg) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` with ``train.betas`` / ``train.eps``."""
+class BertAdam(torch.optim.Optimizer):
+    """Adam as BERT / CLIP4Clip train it: no bias correction, per-tensor gradient clipping, decoupled decay.
+
+    For each parameter ``w`` with gradient ``g`` in a group (``lr`` already scheduled by the LR scheduler):
+    ``g <- g * min(1, max_grad_norm / (||g|| + 1e-6))`` (when ``max_grad_norm > 0``; the norm of that one tensor),
+    ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``, ``w <- w - lr (m / (sqrt(v) + eps) + wd w)``.
+    Parameters without a gradient are skipped (their moments do not decay). ``p.grad`` is left unclipped.
+    State per parameter: ``exp_avg``, ``exp_avg_sq`` and ``step`` (an int), saved and restored with
+    ``state_dict`` like AdamW's.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0):
+        if lr < 0.0 or eps < 0.0 or weight_decay < 0.0:
+            raise ValueError(f"BertAdam: lr={lr}, eps={eps} and weight_decay={weight_decay} must be >= 0")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"BertAdam: betas={betas} must lie in [0, 1)")
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                    "max_grad_norm": max_grad_norm}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; returns ``closure()`` when given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._update(param, group)
+        return loss
+
+    def _update(self, param: torch.Tensor, group: dict) -> None:
+        grad = param.grad
+        if grad.is_sparse:
+            raise RuntimeError("BertAdam does not support sparse gradients")
+        if group["max_grad_norm"] > 0:
+            scale = group["max_grad_norm"] / (torch.linalg.vector_norm(grad) + 1e-6)
+            grad = grad * scale.clamp(max=1.0)
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        beta1, beta2 = group["betas"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        direction = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
+        if group["weight_decay"] > 0.0:
+            direction += group["weight_decay"] * param  # two roundings, as the reference (not a fused alpha add)
+        param.sub_(group["lr"] * direction)
+        state["step"] += 1
+
+
+OPTIMIZERS = ("adamw", "bertadam")
+
+
+def create_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
+    """``train.optimizer`` (AdamW or :class:`BertAdam`) over :func:`param_groups`, ``train.betas`` / ``train.eps``."""
     groups = param_groups(model, train_cfg.lr, train_cfg.clip_lr, train_cfg.weight_decay,
                           scheme=getattr(train_cfg, "param_groups", "vidclip"))
     if not groups:
-        raise ValueError("no trainable parameters: check train.freeze_layers and the model")
+        raise ValueError("no trainable parameters: check train.freeze_layers / train.freeze_conv1 and the model")
     betas = tuple(float(b) for b in train_cfg.betas)
+    kind = getattr(train_cfg, "optimizer", "adamw")
+    if kind == "bertadam":
+        return BertAdam(groups, betas=betas, eps=train_cfg.eps,
+                        max_grad_norm=float(getattr(train_cfg, "per_tensor_clip", 1.0)))
+    if kind != "adamw":
+        raise ValueError(f"train.optimizer='{kind}' is not one of {', '.join(OPTIMIZERS)}")
     return torch.optim.AdamW(groups, betas=betas, eps=train_cfg.eps)
 
 
@@ -120,11 +196,31 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
 
 
+def bertadam_warmup_cosine(step: int, t_total: float, warmup_ratio: float) -> float:
+    """BertAdam's ``warmup_cosine`` multiplier before optimiser step ``step`` (0-based) of a ``t_total`` horizon."""
+    progress = step / t_total
+    if progress < warmup_ratio:
+        return progress / warmup_ratio
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+SCHEDULES = ("warmup_cosine", "bertadam_warmup_cosine")
+
+
 def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float,
-                     min_lr_ratio: float = 0.0) -> LambdaLR:
-    """``LambdaLR`` of :func:`warmup_cosine`; call ``scheduler.step()`` once per optimiser step."""
-    warmup_steps = int(round(warmup_ratio * total_steps))
-    return LambdaLR(optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps, min_lr_ratio))
+                     min_lr_ratio: float = 0.0, schedule: str = "warmup_cosine",
+                     schedule_steps: int | None = None) -> LambdaLR:
+    """``LambdaLR`` of ``schedule`` (:func:`warmup_cosine` or :func:`bertadam_warmup_cosine`) over
+    ``schedule_steps`` (default ``total_steps``); call ``scheduler.step()`` once per optimiser step."""
+    horizon = schedule_steps or total_steps
+    if schedule == "bertadam_warmup_cosine":
+        if min_lr_ratio:
+            raise ValueError(f"train.min_lr_ratio={min_lr_ratio}: bertadam_warmup_cosine has no floor; set it to 0")
+        return LambdaLR(optimizer, lambda step: bertadam_warmup_cosine(step, horizon, warmup_ratio))
+    if schedule != "warmup_cosine":
+        raise ValueError(f"train.schedule='{schedule}' is not one of {', '.join(SCHEDULES)}")
+    warmup_steps = int(round(warmup_ratio * horizon))
+    return LambdaLR(optimizer, lambda step: warmup_cosine(step, horizon, warmup_steps, min_lr_ratio))
 
 
 def freeze_backbone_layers(model: nn.Module, num_layers: int) -> list[str]:
@@ -145,6 +241,18 @@ def freeze_backbone_layers(model: nn.Module, num_layers: int) -> list[str]:
             param.requires_grad_(False)
             frozen.append(name)
     _logger.info("froze %d CLIP tensors (stem + blocks < %d)", len(frozen), num_layers)
+    return frozen
+
+
+def freeze_conv1(model: nn.Module) -> list[str]:
+    """Freeze the visual patch embedding (``...visual.conv1.*``); returns the frozen names."""
+    frozen = [name for name, _ in model.named_parameters() if is_backbone(name) and ".visual.conv1." in f".{name}"]
+    params = dict(model.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    if not frozen:
+        raise ValueError("train.freeze_conv1: the model has no visual conv1 parameter to freeze")
+    _logger.info("froze the visual patch embedding: %s", ", ".join(frozen))
     return frozen
 
 

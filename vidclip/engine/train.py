@@ -44,7 +44,8 @@ from ..identity import IDENTITY_VERSION, describe_changes, differing_keys, flatt
 from ..objective import build_objective
 from .checkpoint import (MODEL_FILE, RUN_CONFIG, CheckpointManager, checkpoints_dir, ensure_writable_dir, find_latest,
                          list_checkpoints)
-from .optim import clamp_logit_scale, create_optimizer, create_scheduler, current_lrs, freeze_backbone_layers
+from .optim import (clamp_logit_scale, create_optimizer, create_scheduler, current_lrs, freeze_backbone_layers,
+                    freeze_conv1)
 
 _logger = logging.getLogger(__name__)
 
@@ -111,6 +112,13 @@ def total_steps_for(cfg: DictConfig, batches_per_epoch: int) -> int:
         return int(cfg.train.max_steps)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
     return max(1, cfg.train.epochs * steps_per_epoch)
+
+
+def schedule_steps_for(cfg: DictConfig, batches_per_epoch: int) -> int | None:
+    """Horizon of the LR schedule: ``train.schedule_epochs`` epochs of optimiser steps (None: the run's steps)."""
+    if cfg.train.schedule_epochs is None:
+        return None
+    return max(1, cfg.train.schedule_epochs * math.ceil(batches_per_epoch / cfg.train.grad_accum_steps))
 
 
 # Keys that may change between a checkpoint and its --resume: where/what is logged and evaluated, not what is
@@ -214,6 +222,8 @@ class Trainer:
         model = create_model(cfg.model, pretrained=cfg.model.pretrained)
         self.objective = build_objective(model, cfg.train.loss)
         freeze_backbone_layers(model, cfg.train.freeze_layers)
+        if cfg.train.freeze_conv1:
+            freeze_conv1(model)
         optimizer = create_optimizer(model, cfg.train)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
         self.batches_per_epoch = len(self.loader)
@@ -221,7 +231,9 @@ class Trainer:
             raise ConfigError(f"data.train_list has {len(self.dataset)} videos: fewer than one batch of "
                               f"train.batch_size={cfg.train.batch_size} per process. Lower the batch size")
         self.total_steps = total_steps_for(cfg, self.batches_per_epoch)
-        self.scheduler = create_scheduler(optimizer, self.total_steps, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
+        self.scheduler = create_scheduler(optimizer, self.total_steps, cfg.train.warmup_ratio, cfg.train.min_lr_ratio,
+                                          schedule=cfg.train.schedule,
+                                          schedule_steps=schedule_steps_for(cfg, self.batches_per_epoch))
         acc.register_for_checkpointing(self.scheduler)  # stepped once per optimiser step by us, not by accelerate
         self.checkpoints = CheckpointManager(acc, self.model, self.run_dir, keep=cfg.train.keep_checkpoints,
                                              arch=cfg.model.arch, model_config=to_container(model.cfg),  # as built

@@ -44,6 +44,15 @@ def full_precision(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def keep_slots(mask: torch.Tensor) -> torch.Tensor:
+    """(L,) bool: slots that are real in at least one row of a (N, L) mask (at least the first slot)."""
+    keep = mask.any(0)
+    if not bool(keep.any()):
+        keep = keep.clone()
+        keep[0] = True
+    return keep
+
+
 def batch_minmax(x: torch.Tensor) -> torch.Tensor:
     """``(x - min) / (max - min)`` over every entry (Norton's batch normalisation); a constant matrix gives 0."""
     low, high = x.min(), x.max()
@@ -59,6 +68,30 @@ def soft_maximum(sims: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0, mea
     if mean:
         lse = lse - count.clamp_min(1).to(lse.dtype).log()
     return torch.where(count > 0, alpha * lse, torch.zeros_like(lse))
+
+
+def soft_maximum_both(sims: torch.Tensor, word_mask: torch.Tensor, frame_mask: torch.Tensor, alpha: float = 1.0,
+                      mean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per word over frames (Nt, Nv, L), per frame over words (Nt, Nv, T)) soft-maxima of (Nt, Nv, L, T) sims.
+
+    When ``|sims| / alpha`` is small enough for ``exp`` (always for cosines and ``alpha >= 1/60``), both directions
+    share one masked ``exp`` (no max shift is needed; equal to the log-sum-exps up to rounding); otherwise two
+    :func:`soft_maximum` calls.
+    """
+    limit = 600.0 if sims.dtype == torch.float64 else 60.0
+    if sims.numel() == 0 or float(sims.detach().abs().amax()) / alpha > limit:
+        per_word = soft_maximum(sims, frame_mask, alpha, mean)  # (Nt, Nv, L)
+        return per_word, soft_maximum(sims.transpose(-1, -2), word_mask.transpose(-1, -2), alpha, mean)
+    expo = (sims if alpha == 1.0 else sims / alpha).exp() * (word_mask & frame_mask).to(sims.dtype)  # (Nt, Nv, L, T)
+    tiny = torch.finfo(sims.dtype).tiny
+    out = []
+    for dim, mask in ((-1, frame_mask), (-2, word_mask)):
+        count = mask.sum(dim)  # (.., 1, T) -> (.., 1) counts of the reduced side
+        lse = expo.sum(dim).clamp_min(tiny).log()  # (Nt, Nv, L) or (Nt, Nv, T)
+        if mean:
+            lse = lse - count.clamp_min(1).to(lse.dtype).log()
+        out.append(torch.where(count > 0, alpha * lse, torch.zeros_like(lse)))
+    return out[0], out[1]
 
 
 def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -98,6 +131,8 @@ class NortonHead(Head):
         paragraph_minmax: :meth:`paragraph_cost` min-max normalises the pooled cosine and each fine term over the
             whole batch matrix before fusing them, as Norton's ``SequenceContrastLoss`` (default True); False uses
             the per-pair fused score.
+        ot_solver: Sinkhorn solver of the word x frame OT (vidclip.ops.ot.sinkhorn_batch): "auto" (default: the
+            scaling form when the cost range allows, same iterations as POT's log domain), "pot" or "scaling".
     """
 
     PRESETS: ClassVar[dict[str, dict]] = {
@@ -109,7 +144,8 @@ class NortonHead(Head):
     def __init__(self, fusion_weight: float = 0.5, fine: str = "ot+lse", alpha_lse: float = 1.0, lse_mean: bool = True,
                  lse_padding_quirk: bool = False, bucket: Union[str, float] = "quantile", bucket_quantile: float = 0.3,
                  bucket_init: float = 0.2, ot_epsilon: float = 0.1, ot_iters: int = 50, plan_grad: bool = False,
-                 exclude_sot: bool = True, score: str = "fused", paragraph_minmax: bool = True):
+                 exclude_sot: bool = True, score: str = "fused", paragraph_minmax: bool = True,
+                 ot_solver: str = "auto"):
         super().__init__()
         if score not in SCORES:
             raise ValueError(f"norton: score={score!r}, choose one of {SCORES}")
@@ -125,7 +161,7 @@ class NortonHead(Head):
         self.bucket = nn.Parameter(torch.tensor(float(bucket_init))) if bucket == "learnable" else None
         self.plan_grad = bool(plan_grad) or bucket == "learnable"
         self.exclude_sot = bool(exclude_sot)
-        self.score, self.paragraph_minmax = score, bool(paragraph_minmax)
+        self.score, self.paragraph_minmax, self.ot_solver = score, bool(paragraph_minmax), ot_solver
 
     # ------------------------------------------------------------------------------------------------ encoding
     def encode_video(self, video: VideoEncoderOutput) -> Features:
@@ -153,20 +189,36 @@ class NortonHead(Head):
         return full_precision(text_feats["pooled"]) @ full_precision(video_feats["pooled"]).t()
 
     def word_frame(self, text_feats: Features, video_feats: Features):
-        """Word x frame cosines (Nt, Nv, L, T) with word mask (Nt, 1, L, 1) and frame mask (1, Nv, 1, T)."""
-        words = full_precision(text_feats["words"])  # (Nt, L, D)
-        frames = full_precision(video_feats["frames"])  # (Nv, T, D)
-        word_mask = text_feats["word_mask"].bool()[:, None, :, None]  # (Nt, 1, L, 1)
-        frame_mask = video_feats["mask"].bool()[None, :, None, :]  # (1, Nv, 1, T)
-        return torch.einsum("tld,vfd->tvlf", words, frames), word_mask, frame_mask  # (Nt, Nv, L, T)
+        """Word x frame cosines (Nt, Nv, L', T'), word mask (Nt, 1, L', 1), frame mask (1, Nv, 1, T'), (L, T).
+
+        Slots that are padding in every row of the chunk are dropped first (exact: they carry no weight and no mass);
+        the full slot numbers (L, T) are returned for the padding counts of ``lse_padding_quirk``.
+        """
+        word_mask, frame_mask = text_feats["word_mask"].bool(), video_feats["mask"].bool()  # (Nt, L), (Nv, T)
+        slots = (word_mask.shape[1], frame_mask.shape[1])
+        word_keep, frame_keep = keep_slots(word_mask), keep_slots(frame_mask)  # (L,), (T,)
+        words = full_precision(text_feats["words"])[:, word_keep]  # (Nt, L', D)
+        frames = full_precision(video_feats["frames"])[:, frame_keep]  # (Nv, T', D)
+        word_mask = word_mask[:, word_keep][:, None, :, None]  # (Nt, 1, L', 1)
+        frame_mask = frame_mask[:, frame_keep][None, :, None, :]  # (1, Nv, 1, T')
+        return torch.einsum("tld,vfd->tvlf", words, frames), word_mask, frame_mask, slots  # (Nt, Nv, L', T')
+
+    def pair_bytes(self, text_feats: Features, video_feats: Features) -> int:
+        """Estimated intermediate bytes per (text, video) pair (``vidclip.ops.similarity.plan_chunks``)."""
+        if self.score == "coarse":
+            return 8
+        words = int(keep_slots(text_feats["word_mask"].bool()).sum())
+        frames = int(keep_slots(video_feats["mask"].bool()).sum())
+        itemsize = 8 if text_feats["words"].dtype == torch.float64 else 4
+        return 12 * itemsize * (words + 1) * (frames + 1)  # sims, exps, masks, OT kernel, plan, quantile sort
 
     def fine_similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
         """(N_t, N_v) mean of the enabled fine terms ("lse", "ot")."""
         with torch.autocast(device_type=text_feats["words"].device.type, enabled=False):
-            sims, word_mask, frame_mask = self.word_frame(text_feats, video_feats)
+            sims, word_mask, frame_mask, slots = self.word_frame(text_feats, video_feats)
             terms = []
             if "lse" in self.fine:
-                terms.append(self.soft_maximum_similarity(sims, word_mask, frame_mask))
+                terms.append(self.soft_maximum_similarity(sims, word_mask, frame_mask, slots))
             if "ot" in self.fine:
                 terms.append(self.transport_similarity(sims, word_mask, frame_mask))
             return sum(terms) / len(terms)
@@ -184,35 +236,37 @@ class NortonHead(Head):
                 self.fusion_weight + 1.0)
         with torch.autocast(device_type=text_feats["words"].device.type, enabled=False):
             coarse = batch_minmax(self.coarse_similarity(text_feats, video_feats))
-            sims, word_mask, frame_mask = self.word_frame(text_feats, video_feats)
+            sims, word_mask, frame_mask, slots = self.word_frame(text_feats, video_feats)
             terms = []
             if "lse" in self.fine:
-                t2v, v2t = self.soft_maximum_terms(sims, word_mask, frame_mask)
+                t2v, v2t = self.soft_maximum_terms(sims, word_mask, frame_mask, slots)
                 terms.append(0.5 * (batch_minmax(t2v) + batch_minmax(v2t)))
             if "ot" in self.fine:
                 terms.append(batch_minmax(self.transport_similarity(sims, word_mask, frame_mask)))
             fine = sum(terms) / len(terms)
             return (self.fusion_weight * coarse + fine) / (self.fusion_weight + 1.0)
 
-    def soft_maximum_similarity(self, sims: torch.Tensor, word_mask: torch.Tensor, frame_mask: torch.Tensor
-                                ) -> torch.Tensor:
+    def soft_maximum_similarity(self, sims: torch.Tensor, word_mask: torch.Tensor, frame_mask: torch.Tensor,
+                                slots: tuple[int, int] | None = None) -> torch.Tensor:
         """Norton's symmetric soft-maximum ``(t2v + v2t) / 2`` on (Nt, Nv, L, T) word-frame similarities."""
-        t2v, v2t = self.soft_maximum_terms(sims, word_mask, frame_mask)
+        t2v, v2t = self.soft_maximum_terms(sims, word_mask, frame_mask, slots)
         return 0.5 * (t2v + v2t)
 
-    def soft_maximum_terms(self, sims: torch.Tensor, word_mask: torch.Tensor, frame_mask: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(t2v, v2t)``, each (Nt, Nv): mean over words of the soft-maximum over frames, and vice versa."""
-        per_word = soft_maximum(sims, frame_mask, self.alpha_lse, self.lse_mean)  # (Nt, Nv, L)
-        per_frame = soft_maximum(sims.transpose(-1, -2), word_mask.transpose(-1, -2), self.alpha_lse,
-                                 self.lse_mean)  # (Nt, Nv, T)
+    def soft_maximum_terms(self, sims: torch.Tensor, word_mask: torch.Tensor, frame_mask: torch.Tensor,
+                           slots: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t2v, v2t)``, each (Nt, Nv): mean over words of the soft-maximum over frames, and vice versa.
+
+        ``slots`` = (word slots, frame slots) before padding slots were dropped (default: the masks' sizes).
+        """
+        per_word, per_frame = soft_maximum_both(sims, word_mask, frame_mask, self.alpha_lse, self.lse_mean)
         word_valid, frame_valid = word_mask[..., 0], frame_mask[..., 0, :]  # (Nt, 1, L), (1, Nv, T)
         if not self.lse_padding_quirk:
             return masked_row_mean(per_word, word_valid), masked_row_mean(per_frame, frame_valid)
         # Norton: masked words (frames) are zero rows whose soft-maximum over the valid frames (words) is still added
         n_frames = frame_valid.sum(-1).to(sims.dtype)  # (1, Nv)
         n_words = word_valid.sum(-1).to(sims.dtype)  # (Nt, 1)
-        pad_words, pad_frames = (~word_valid).sum(-1).to(sims.dtype), (~frame_valid).sum(-1).to(sims.dtype)
+        word_slots, frame_slots = slots or (word_valid.shape[-1], frame_valid.shape[-1])
+        pad_words, pad_frames = word_slots - n_words, frame_slots - n_frames  # padding slots, dropped ones included
         pad_word_value = 0.0 if self.lse_mean else self.alpha_lse * n_frames.clamp_min(1).log()
         pad_frame_value = 0.0 if self.lse_mean else self.alpha_lse * n_words.clamp_min(1).log()
         t2v = ((per_word * word_valid).sum(-1) + pad_words * pad_word_value) / n_words.clamp_min(1)
@@ -237,8 +291,9 @@ class NortonHead(Head):
         row_mask = word_mask[..., 0].expand(nt, nv, length).reshape(nt * nv, length)  # (G, L)
         col_mask = frame_mask[..., 0, :].expand(nt, nv, frames).reshape(nt * nv, frames)  # (G, T)
         valid = row_mask[:, :, None] & col_mask[:, None, :]  # (G, L, T)
+        grad = "autodiff" if self.plan_grad else "detach"
         plan = bucket_plan(flat, self.bucket_values(flat, valid), self.ot_epsilon, self.ot_iters, row_mask, col_mask,
-                           mass=1.0, grad="autodiff" if self.plan_grad else "detach")  # (G, L, T)
+                           mass=1.0, grad=grad, solver=self.ot_solver)  # (G, L, T)
         return (plan * flat.masked_fill(~valid, 0.0)).sum((1, 2)).reshape(nt, nv)
 
 

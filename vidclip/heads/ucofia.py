@@ -45,6 +45,8 @@ EVAL_TOPK_MODES = ("hard", "perturbed")
 TOPK_GRADS = ("full", "diagonal")
 SCORERS = ("lg", "video_global")
 REFERENCE_LOGIT_SCALE = 100.0  # exp(logit_scale) of OpenAI CLIP, which the reference keeps (clip lr 1e-7, clamp 100)
+PW_BLOCK_ELEMENTS = 1 << 20  # word x pixel similarities per patch-word micro-block at inference (4 MB in fp32)
+PW_LIVE_TENSORS = 4  # (N_t, N_v, L, P)-sized tensors alive at once in the inference patch-word path
 
 _REFERENCE = dict(top_k=3, num_samples=500, sigma=0.05, tau=0.01, eval_topk="perturbed", topk_grad="diagonal",
                   scorer="lg", scorer_bias=False, scorer_init_std=0.02, mask_padding_frames=False,
@@ -77,9 +79,27 @@ def isa(sims: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor], 
     with torch.autocast(device_type=sims.device.type, enabled=False):
         sims = _wide(sims)
         mask = None if mask is None else mask.expand_as(sims)
+        if not (torch.is_grad_enabled() and (sims.requires_grad or weight.requires_grad)):
+            return _isa_inference(sims, weight[:k, :k].to(sims.dtype), mask, tau)
         first = masked_softmax(sims / tau, mask)  # (..., K)
         weights = masked_softmax(first @ weight[:k, :k].to(sims.dtype) / tau, mask)  # (..., K)
         return (weights * (sims if mask is None else sims.masked_fill(~mask, 0.0))).sum(-1)
+
+
+def _softmax_(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """In-place :func:`masked_softmax` over the last dim (no autograd)."""
+    if mask is not None:
+        x.masked_fill_(~mask, torch.finfo(x.dtype).min)
+    x.sub_(x.amax(-1, keepdim=True)).exp_()
+    x.div_(x.sum(-1, keepdim=True))
+    return x if mask is None else x.mul_(mask)
+
+
+def _isa_inference(sims: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor], tau: float) -> torch.Tensor:
+    """:func:`isa` without autograd: the same operations in place on two buffers of the size of ``sims``."""
+    first = _softmax_(sims / tau, mask)  # (..., K)
+    weights = _softmax_(torch.matmul(first, weight).div_(tau), mask).mul_(sims)  # (..., K)
+    return (weights if mask is None else weights.masked_fill_(~mask, 0.0)).sum(-1)
 
 
 class PerturbedTopK(torch.autograd.Function):
@@ -305,10 +325,24 @@ class UCoFiAHead(Head):
         return {"vs": vs, "sf": sf, "pw": self.pw_factor() * self.patch_word(text_feats, video_feats)}
 
     def patch_word(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
-        """(N_t, N_v) patch-word level (two-way ISA over the word x pixel similarity matrix of every pair)."""
-        words, pixels = _wide(text_feats["words"]), _wide(video_feats["pixels"])  # (Nt, L, D), (Nv, P, D)
-        word_mask = _mask_or_none(text_feats["word_mask"])  # (Nt, L) or None
-        pixel_mask = _mask_or_none(video_feats["pixel_mask"])  # (Nv, P) or None
+        """(N_t, N_v) patch-word level (two-way ISA over the word x pixel similarity matrix of every pair).
+
+        Word / pixel slots that are padding in every row of the block are dropped first (exact: masked slots take no
+        weight, and the ISA of K slots uses the leading K x K block of each matrix); without autograd the texts run
+        in micro-blocks of about ``PW_BLOCK_ELEMENTS`` similarities (cache-sized, memory bounded by the block).
+        """
+        words, word_mask = _trim_padding(_wide(text_feats["words"]), _mask_or_none(text_feats["word_mask"]))
+        pixels, pixel_mask = _trim_padding(_wide(video_feats["pixels"]), _mask_or_none(video_feats["pixel_mask"]))
+        step = len(words)
+        if not torch.is_grad_enabled():
+            step = max(1, PW_BLOCK_ELEMENTS // max(1, words.shape[1] * pixels.shape[0] * pixels.shape[1]))
+        parts = [self._patch_word_block(words[i:i + step], None if word_mask is None else word_mask[i:i + step],
+                                        pixels, pixel_mask) for i in range(0, len(words), step)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _patch_word_block(self, words: torch.Tensor, word_mask: Optional[torch.Tensor], pixels: torch.Tensor,
+                          pixel_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """:meth:`patch_word` of words (Nt, L, D) x pixels (Nv, P, D) with their masks (None = all real)."""
         sims = torch.einsum("tjd,vmd->tvjm", words, pixels)  # (Nt, Nv, L, P)
         wm = None if word_mask is None else word_mask[:, None, :]  # (Nt, 1, L)
         pm = None if pixel_mask is None else pixel_mask[None, :, :]  # (1, Nv, P)
@@ -318,6 +352,11 @@ class UCoFiAHead(Head):
         pixel_level = isa(over_words, self.w_pixel2, pm, self.tau)  # (Nt, Nv)
         word_level = isa(over_pixels, self.w_word2, wm, self.tau)  # (Nt, Nv)
         return 0.5 * (pixel_level + word_level)
+
+    def pair_bytes(self, text_feats: Features, video_feats: Features) -> int:
+        """Estimated intermediate bytes per (text, video) pair (the memory budget of ``chunked_similarity``)."""
+        words, pixels = text_feats["words"].shape[1], video_feats["pixels"].shape[1]
+        return PW_LIVE_TENSORS * 4 * words * pixels + 64  # fp32 (L, P) buffers, plus the small per-pair levels
 
     def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
         levels = self.similarity_levels(text_feats, video_feats)
@@ -334,6 +373,17 @@ class UCoFiAHead(Head):
         if max_words < model_cfg.context_length:
             raise ConfigError(f"model.head.kwargs.max_words={max_words} is smaller than model.context_length="
                               f"{model_cfg.context_length}: the word ISA matrices must hold every token")
+
+
+def _trim_padding(x: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple:
+    """Drop the trailing slots of ``x`` (B, K, D) that ``mask`` (B, K) marks as padding in every row (at least one
+    slot stays); returns ``(x, mask)``, the mask None when every kept slot is real."""
+    if mask is None:
+        return x, None
+    real = mask.any(0).nonzero()
+    keep = int(real.max()) + 1 if len(real) else 1
+    x, mask = x[:, :keep], mask[:, :keep]
+    return x, _mask_or_none(mask)
 
 
 def _mask_or_none(mask: torch.Tensor) -> Optional[torch.Tensor]:

@@ -20,6 +20,9 @@ import torch
 
 GradMode = str  # "detach" (no gradient through the plan) | "autodiff" (differentiate every iteration)
 RECTIFY_ROWS = ("video", "text")
+SOLVERS = ("auto", "pot", "scaling")
+# largest per-problem range of cost / reg for the scaling solver: exp(-range) stays far from underflow (float32 ~1e-38)
+SCALING_MAX_RANGE = {torch.float32: 50.0, torch.float64: 500.0}
 
 
 def solver_dtype(x: torch.Tensor) -> torch.dtype:
@@ -28,8 +31,14 @@ def solver_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def sinkhorn_batch(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float, iters: int = 50,
-                   grad: GradMode = "detach") -> torch.Tensor:
+                   grad: GradMode = "detach", solver: str = "auto") -> torch.Tensor:
     """Entropic OT plans of a batch of problems: ``argmin <T, cost> + reg * sum T log T`` s.t. ``T 1 = a, Tᵀ 1 = b``.
+
+    Every solver runs the same iterations (zero-initialised log-potentials, rows then columns, exactly ``iters``):
+    "pot" is POT's batched log-domain solver; "scaling" the same updates on ``exp(-cost / reg)`` (matrix-vector
+    products instead of log-sum-exps, no convergence checks; equal up to rounding) and is only safe while the
+    per-problem range of ``cost / reg`` stays small (``SCALING_MAX_RANGE``); "auto" picks "scaling" for detached
+    plans within that range, else "pot".
 
     Args:
         cost: (G, m, n) cost matrices (e.g. negated similarities).
@@ -38,12 +47,15 @@ def sinkhorn_batch(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: fl
         reg: entropic regularisation epsilon (> 0).
         iters: Sinkhorn iterations (all of them are run).
         grad: "detach" or "autodiff" (gradients through the iterations to ``cost``).
+        solver: "auto", "pot" or "scaling".
 
     Returns:
         (G, m, n) plans on ``cost``'s device (float64 for a float64 ``cost``, else float32).
     """
     import ot
 
+    if solver not in SOLVERS:
+        raise ValueError(f"sinkhorn_batch: solver={solver!r}, choose one of {SOLVERS}")
     if reg <= 0:
         raise ValueError(f"sinkhorn_batch: reg must be > 0, got {reg}")
     if cost.dim() != 3 or a.shape != cost.shape[:2] or b.shape != (cost.shape[0], cost.shape[2]):
@@ -54,9 +66,39 @@ def sinkhorn_batch(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: fl
         cost, a, b = cost.to(dtype), a.to(device=cost.device, dtype=dtype), b.to(device=cost.device, dtype=dtype)
         if grad == "detach":
             cost = cost.detach()
+        if solver == "auto":
+            solver = "scaling" if grad == "detach" and scaling_is_safe(cost, reg) else "pot"
+        if solver == "scaling":
+            return sinkhorn_scaling(cost, a, b, reg, iters)
         res = ot.batch.solve_batch(cost, reg, a, b, max_iter=iters, tol=0.0, method="log_sinkhorn",
                                    grad="autodiff" if grad == "autodiff" else "detach")
         return res.plan
+
+
+def scaling_is_safe(cost: torch.Tensor, reg: float) -> bool:
+    """True when every problem's ``cost / reg`` spans at most ``SCALING_MAX_RANGE`` (and is finite)."""
+    flat = cost.detach().flatten(1)  # (G, m*n)
+    spread = (flat.amax(1) - flat.amin(1)) / reg  # (G,)
+    limit = SCALING_MAX_RANGE.get(cost.dtype, SCALING_MAX_RANGE[torch.float32])
+    return bool(torch.isfinite(spread).all()) and float(spread.max()) <= limit if spread.numel() else True
+
+
+@torch.no_grad()
+def sinkhorn_scaling(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reg: float, iters: int) -> torch.Tensor:
+    """The log-domain iterations of :func:`sinkhorn_batch` in scaling form (detached; see ``scaling_is_safe``).
+
+    With ``K = exp(-cost / reg - c)`` (c = per-problem max of ``-cost / reg``, which only rescales ``u``):
+    ``u = a / (K v)``, ``v = b / (Kᵀ u)`` from ``v = 1``, plan ``diag(u) K diag(v)``. Zero marginals give zero rows /
+    columns.
+    """
+    log_k = -cost / reg  # (G, m, n)
+    kernel = (log_k - log_k.amax((1, 2), keepdim=True)).exp()  # (G, m, n), max 1 per problem
+    tiny = torch.finfo(kernel.dtype).tiny
+    v = torch.ones_like(b)  # (G, n)
+    for _ in range(iters):
+        u = a / torch.bmm(kernel, v[:, :, None])[:, :, 0].clamp_min(tiny)  # (G, m)
+        v = b / torch.bmm(u[:, None, :], kernel)[:, 0, :].clamp_min(tiny)  # (G, n)
+    return u[:, :, None] * kernel * v[:, None, :]
 
 
 @torch.no_grad()
@@ -135,7 +177,7 @@ def add_bucket(sims: torch.Tensor, bucket: Union[float, torch.Tensor]) -> torch.
 
 def bucket_plan(sims: torch.Tensor, bucket: Union[float, torch.Tensor], epsilon: float = 0.1, iters: int = 50,
                 row_mask: torch.Tensor | None = None, col_mask: torch.Tensor | None = None,
-                mass: float | None = None, grad: GradMode = "detach") -> torch.Tensor:
+                mass: float | None = None, grad: GradMode = "detach", solver: str = "auto") -> torch.Tensor:
     """Transport plan between rows and columns of similarity blocks, with Norton's alignable prompt bucket.
 
     Maximises ``<T, [[S, p], [p, p]]> - epsilon * H(T)`` under :func:`bucket_marginals`, then keeps the (m, n) block;
@@ -149,6 +191,7 @@ def bucket_plan(sims: torch.Tensor, bucket: Union[float, torch.Tensor], epsilon:
         row_mask / col_mask: (G, m) / (G, n) bool validity (default: all valid); invalid entries get zero mass.
         mass: rescale each plan block to this total (Norton: the group size, 8); None keeps the raw plan.
         grad: "detach" (Norton: computed under no_grad) or "autodiff".
+        solver: :func:`sinkhorn_batch` solver ("auto", "pot", "scaling").
 
     Returns:
         (G, m, n) plan blocks (float64 for float64 ``sims``, else float32).
@@ -162,7 +205,7 @@ def bucket_plan(sims: torch.Tensor, bucket: Union[float, torch.Tensor], epsilon:
     a, b = bucket_marginals(row_mask.bool(), col_mask.bool(), dtype)
     with torch.autocast(device_type=sims.device.type, enabled=False):
         cost = -add_bucket(sims.to(dtype), bucket.to(dtype) if torch.is_tensor(bucket) else bucket)  # (G, m+1, n+1)
-    plan = sinkhorn_batch(cost, a, b, reg=epsilon, iters=iters, grad=grad)[:, :m, :n]  # (G, m, n)
+    plan = sinkhorn_batch(cost, a, b, reg=epsilon, iters=iters, grad=grad, solver=solver)[:, :m, :n]  # (G, m, n)
     if mass is not None:
         plan = plan * (mass / plan.sum((1, 2), keepdim=True).clamp_min(1e-12))
     return plan
