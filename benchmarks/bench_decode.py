@@ -7,7 +7,8 @@ candidate (vidclip's ``uniform`` sampler, 12 frames), CPU time, medians of inter
 - ``auto + transform``: the same plus the CLIP transform to ``(12, 3, 224, 224)`` (the whole per-video loader);
 - ``pyav``: ``open_video(path, backend="pyav")``, same indices;
 - ``torchcodec raw``: ``VideoDecoder(path, seek_mode="exact", dimension_order="NHWC").get_frames_at(indices)``;
-- ``decord``: ``decord.VideoReader(path, num_threads=1).get_batch(indices)`` (where decord opens the file).
+- ``decord``: ``decord.VideoReader(path, num_threads=1).get_batch(indices)`` (where decord opens the file);
+- ``open``: opening alone (``open_video`` vs ``VideoDecoder``), the deterministic part of auto's overhead.
 Goal (issue 16): ``auto`` within 1.05x of ``torchcodec raw``.
 """
 from __future__ import annotations
@@ -62,7 +63,14 @@ def candidates(path: Path) -> tuple[dict, np.ndarray]:
         decoder = VideoDecoder(p, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=0)
         return decoder.get_frames_at(indices.tolist()).data.numpy()
 
-    fns = {"auto": auto, "auto_transform": lambda: transform(auto()), "pyav": pyav, "torchcodec_raw": raw}
+    def auto_open():
+        open_video(p).close()
+
+    def raw_open():
+        VideoDecoder(p, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=0)
+
+    fns = {"auto": auto, "auto_transform": lambda: transform(auto()), "pyav": pyav, "torchcodec_raw": raw,
+           "auto_open": auto_open, "raw_open": raw_open}
     decord_fn = _decord_candidate(p, indices)
     if decord_fn is not None:
         fns["decord"] = decord_fn
@@ -122,18 +130,19 @@ def main(argv=None) -> int:
         rows = [bench_file(path, repeats) for path in paths]
     table = markdown_table(
         ["file", "frames", "auto decodes with", "auto", "auto + transform", "pyav", "torchcodec raw", "decord",
-         "auto / torchcodec raw", "pyav / torchcodec raw", "torchcodec raw / decord"],
+         "auto / torchcodec raw", "pyav / torchcodec raw", "torchcodec raw / decord", "open: auto / raw"],
         [[r["file"], r["frames"], r["decoder"], fmt_ms(r["auto"]), fmt_ms(r["auto_transform"]), fmt_ms(r["pyav"]),
           fmt_ms(r["torchcodec_raw"]), fmt_ms(r["decord"]) if "decord" in r else "cannot open",
           fmt_ratio(r["auto_vs_raw"]), fmt_ratio(r["pyav_vs_raw"]),
-          fmt_ratio(r["raw_vs_decord"]) if "raw_vs_decord" in r else "-"] for r in rows])
-    mp4 = [r for r in rows if r["decoder"] == "torchcodec"]
+          fmt_ratio(r["raw_vs_decord"]) if "raw_vs_decord" in r else "-",
+          f"{1e3 * r['auto_open']['median_s']:.2f} / {1e3 * r['raw_open']['median_s']:.2f} ms"] for r in rows])
+    mp4 = [r for r in rows if r["file"].endswith(".mp4")]
     print(f"## Decoding {FRAMES} uniform frames, CPU time, one core (affinity {{{core}}}, 1 thread), medians of "
           f"{repeats} interleaved rounds (±: (max-min)/median; ratios: median (min-max) of per-round ratios); "
           f"load avg {load_average()}\n")
     print(table)
     print(f"\nGeometric means of the median ratios: auto / torchcodec raw {geomean(rows, 'auto_vs_raw')} (all files), "
-          f"{geomean(mp4, 'auto_vs_raw')} (files auto decodes with torchcodec); pyav / torchcodec raw "
+          f"{geomean(mp4, 'auto_vs_raw')} (MP4 files: no PyAV probe); pyav / torchcodec raw "
           f"{geomean(rows, 'pyav_vs_raw')}; torchcodec raw / decord {geomean(rows, 'raw_vs_decord')}; "
           f"auto / decord {geomean(rows, 'auto_vs_decord')}")
     write_results("decode", {"rows": rows, "repeats": repeats, "table": table})

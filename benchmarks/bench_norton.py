@@ -81,27 +81,13 @@ def reference_fused(tf, vf, alpha: float = 1.0, fusion_weight: float = 0.5) -> t
 
 
 # ------------------------------------------------------------------------------------------------------ measures
-def peak_extra_mb(fn) -> float:
-    base = _reset_peak()
-    fn()
-    return _status_mb("VmHWM") - base
+CASES = ("reference setting: retrieval (pooled cosine)",
+         "Norton's fused fine-grained score (batch min-max, paragraph cost)",
+         "vidclip default (fused per pair, soft-max + word x frame OT) vs the same head on POT")
 
 
-def compare(name: str, vidclip_fn, reference_fn, rounds: int, pairs: int) -> dict[str, object]:
-    ours, ref = vidclip_fn(), reference_fn()
-    rel = float((ours.double() - ref.double()).norm() / ref.double().norm())
-    same_top1 = float((ours.argmax(1) == ref.argmax(1)).double().mean())
-    _, cpu = interleaved_wall_cpu({"vidclip": vidclip_fn, "reference": reference_fn}, rounds, warmup=0)
-    row = {"case": name, "vidclip_us_per_pair": 1e6 * sorted(cpu["vidclip"])[rounds // 2] / pairs,
-           "reference_us_per_pair": 1e6 * sorted(cpu["reference"])[rounds // 2] / pairs,
-           "speedup": ratio_stats(cpu["reference"], cpu["vidclip"]), "rel_diff": rel, "top1_agreement": same_top1,
-           "vidclip_peak_mb": peak_extra_mb(vidclip_fn), "reference_peak_mb": peak_extra_mb(reference_fn)}
-    print(f"  {name}: {row['vidclip_us_per_pair']:.2f} vs {row['reference_us_per_pair']:.2f} us/pair, "
-          f"rel {rel:.1e}", file=sys.stderr, flush=True)
-    return row
-
-
-def run(n: int, rounds: int) -> list[dict[str, object]]:
+def candidates(n: int, dtype: torch.dtype = torch.float32) -> dict[str, tuple]:
+    """case -> (vidclip fn, reference fn), built on the same features."""
     from vidclip.heads import create_head
     from vidclip.heads.norton import NortonHead
     from vidclip.ops.similarity import chunked_similarity, plan_chunks
@@ -109,24 +95,78 @@ def run(n: int, rounds: int) -> list[dict[str, object]]:
     reference = create_head("norton", **NortonHead.PRESETS["reference"]).eval()
     default, default_pot = create_head("norton").eval(), create_head("norton", ot_solver="pot").eval()
     tf, vf = features(reference, n)
-    pairs = n * n
-    rows = []
+    tf = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tf.items()}
+    vf = {k: v.to(dtype) if v.is_floating_point() else v for k, v in vf.items()}
+    ref_chunks = plan_chunks(reference, tf, vf, BUDGET_MB, n, n)
+    chunks = plan_chunks(default, tf, vf, BUDGET_MB, 256, 256)
+    return {
+        CASES[0]: (lambda: chunked_similarity(reference, tf, vf, *ref_chunks, out_dtype=dtype),
+                   lambda: reference_retrieval(tf, vf)),
+        CASES[1]: (lambda: reference.paragraph_cost(tf, vf), lambda: reference_fused(tf, vf)),
+        CASES[2]: (lambda: chunked_similarity(default, tf, vf, *chunks, out_dtype=dtype),
+                   lambda: chunked_similarity(default_pot, tf, vf, *chunks, out_dtype=dtype)),
+        "blocks": chunks,
+    }
+
+
+def _peak_child(n: int, case: str, side: int, queue) -> None:
+    torch.set_num_threads(1)
     with torch.no_grad():
-        chunks = plan_chunks(reference, tf, vf, BUDGET_MB, n, n)
-        rows.append(compare("reference setting: retrieval (pooled cosine)",
-                            lambda: chunked_similarity(reference, tf, vf, *chunks), lambda: reference_retrieval(tf, vf),
-                            rounds, pairs))
-        rows.append(compare("Norton's fused fine-grained score (batch min-max, paragraph cost)",
-                            lambda: reference.paragraph_cost(tf, vf), lambda: reference_fused(tf, vf), rounds, pairs))
-        chunks = plan_chunks(default, tf, vf, BUDGET_MB, 256, 256)
-        rows.append(compare("vidclip default (fused per pair, soft-max + word x frame OT) vs same head on POT",
-                            lambda: chunked_similarity(default, tf, vf, *chunks),
-                            lambda: chunked_similarity(default_pot, tf, vf, *chunks), rounds, pairs))
-        rows[-1]["blocks"] = chunks
+        candidates(4)[case][side]()  # library initialisation (thread pools, kernels) is not the candidate's memory
+        fn = candidates(n)[case][side]
+        base = _reset_peak()
+        fn()
+        queue.put(_status_mb("VmHWM") - base)
+
+
+def peak_extra_mb(n: int, case: str, side: int) -> float:
+    """Peak RSS rise of one call in a fresh process (a warm allocator would hide reused memory)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_child, args=(n, case, side, queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return float(value)
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def run(n: int, rounds: int) -> list[dict[str, object]]:
+    fns, fns64 = candidates(n), candidates(n, torch.float64)
+    pairs, rows = n * n, []
+    with torch.no_grad():
+        for case in CASES:
+            ours, ref = fns[case][0](), fns[case][1]()
+            ours64, ref64 = fns64[case][0](), fns64[case][1]()
+            _, cpu = interleaved_wall_cpu({"vidclip": fns[case][0], "reference": fns[case][1]}, rounds, warmup=0)
+            row = {"case": case, "vidclip_us_per_pair": 1e6 * sorted(cpu["vidclip"])[rounds // 2] / pairs,
+                   "reference_us_per_pair": 1e6 * sorted(cpu["reference"])[rounds // 2] / pairs,
+                   "speedup": ratio_stats(cpu["reference"], cpu["vidclip"]),
+                   "rel_diff_fp64": rel_diff(ours64, ref64), "rel_diff_fp32": rel_diff(ours, ref),
+                   "fp32_error_vidclip": rel_diff(ours, ref64), "fp32_error_reference": rel_diff(ref, ref64),
+                   "top1_agreement": float((ours.argmax(1) == ref.argmax(1)).double().mean())}
+            print(f"  {case}: {row['vidclip_us_per_pair']:.2f} vs {row['reference_us_per_pair']:.2f} us/pair",
+                  file=sys.stderr, flush=True)
+            rows.append(row)
         start = time.process_time()
-        reference_fused(tf, vf)
+        reference_fused(*features_for_timing(n))
         rows[-1]["norton_fused_reference_us_per_pair"] = 1e6 * (time.process_time() - start) / pairs
+    rows[-1]["blocks"] = fns["blocks"]
+    for row in rows:
+        row["vidclip_peak_mb"] = peak_extra_mb(n, row["case"], 0)
+        row["reference_peak_mb"] = peak_extra_mb(n, row["case"], 1)
     return rows
+
+
+def features_for_timing(n: int):
+    from vidclip.heads import create_head
+
+    return features(create_head("norton", fine="lse"), n)
 
 
 def main(argv=None) -> int:
@@ -136,12 +176,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with pinned_to_one_core(1):
         rows = run(args.n, args.rounds)
-    header = ["case", "vidclip us/pair", "reference us/pair", "speed-up (median, range)", "rel. diff", "top-1 agree",
-              "peak extra MB vidclip / reference"]
+    header = ["case", "vidclip us/pair", "reference us/pair", "speed-up (median, range)", "rel. diff fp64",
+              "fp32 error vidclip / reference", "top-1 agree", "peak extra MB vidclip / reference"]
     table = [[r["case"], r["vidclip_us_per_pair"], r["reference_us_per_pair"],
               f"x{r['speedup']['median']:.1f} ({r['speedup']['min']:.1f}-{r['speedup']['max']:.1f})",
-              f"{r['rel_diff']:.1e}", r["top1_agreement"],
-              f"{r['vidclip_peak_mb']:.0f} / {r['reference_peak_mb']:.0f}"] for r in rows]
+              f"{r['rel_diff_fp64']:.1e}", f"{r['fp32_error_vidclip']:.1e} / {r['fp32_error_reference']:.1e}",
+              r["top1_agreement"], f"{r['vidclip_peak_mb']:.0f} / {r['reference_peak_mb']:.0f}"] for r in rows]
     print(f"N = {args.n}, one core, 1 thread, CPU time, medians of {args.rounds} interleaved rounds; "
           f"load avg {load_average()}")
     print(markdown_table(header, table))

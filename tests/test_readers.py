@@ -409,3 +409,23 @@ def test_gpu_decoding_matches_cpu_closely(shared_data, name):
     assert isinstance(got, torch.Tensor) and got.dtype == torch.uint8 and got.shape == (4, cpu.height, cpu.width, 3)
     difference = (got.cpu().float() - torch.from_numpy(cpu.get_frames(indices)).float()).abs()
     assert difference.mean() < 2.0 and difference.quantile(0.99) <= 8, (difference.mean(), difference.max())
+
+
+def test_gpu_decoding_workers_are_spawned_and_the_reader_factory_pickles(make_video):
+    """CUDA cannot run in a forked child of a process using it: GPU-decoding DataLoader workers are spawned, which
+    pickles the dataset and its reader factory."""
+    import pickle
+
+    from vidclip.config import load_config
+    from vidclip.data.builders import build_reader_factory, worker_context
+
+    path, frames = make_video(num_frames=5)
+    gpu = load_config(overrides=["data.decode_device=cuda", "data.num_workers=2"])
+    assert worker_context(gpu) == "spawn"
+    assert worker_context(load_config(overrides=["data.decode_device=cuda", "data.num_workers=0"])) is None
+    cpu = load_config(overrides=["data.num_workers=2", "data.reader_backend=pyav"])
+    assert worker_context(cpu) is None
+    factory = pickle.loads(pickle.dumps(build_reader_factory(cpu)))
+    with factory(str(path)) as reader:
+        assert reader.backend == "pyav"
+        np.testing.assert_array_equal(reader.get_frames([4, 0]), frames[[4, 0]])

@@ -21,8 +21,7 @@ import torch
 import vidclip
 from vidclip.config import load_config
 from vidclip.engine import extract
-from vidclip.engine.extract import (discover_inputs, load_embeddings, load_recorded_model, read_manifest,
-                                    run_extraction)
+from vidclip.engine.extract import discover_inputs, load_embeddings, load_recorded_model, read_manifest, run_extraction
 from vidclip.errors import CheckpointError, ConfigError, DataListError, IntegrityError, VidclipError
 from vidclip.identity import sha256_file, weights_sha256, write_checksums
 
@@ -369,6 +368,7 @@ def test_search_arguments_and_hostile_queries(copy_of, tmp_path):
     assert "<script>alert" not in page and "&lt;script&gt;" in page
 
 
+@pytest.mark.slow  # two interpreter start-ups (~15 s each on the shared machine)
 def test_cli_refusals_are_one_line_without_traceback(tmp_path):
     for args, expected in ((["--index", str(tmp_path / "none"), "--query", "x"], "model.json not found"),
                            (["--index", str(tmp_path), "--query", "x", "--k", "0"], "--k 0")):
@@ -539,6 +539,16 @@ def test_truncated_training_state_is_named(name, tmp_path):
         manager.load(step)
 
 
+def test_corrupt_weights_of_a_checkpoint_are_refused_by_every_reader(tmp_path):
+    """Evaluation, extraction and ``create_model`` read ``model.safetensors`` through ``load_model_weights``."""
+    from vidclip.models.weights import load_model_weights
+
+    step = _saved_toy(tmp_path / "run")
+    _flip(step / "model.safetensors")  # still parses: only the checksum can tell
+    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt \(SHA-256 differs from .*checksums.json"):
+        load_model_weights(_Toy(), tmp_path / "run")
+
+
 def test_a_checkpoint_with_pickled_state_is_refused_not_unpickled(tmp_path):
     from accelerate import Accelerator
 
@@ -656,3 +666,11 @@ def test_annotation_and_list_files_truncated_corrupt_or_not_utf8_are_named(tmp_p
 def test_small_config_mistakes_fail_before_any_work(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TINY_CONFIG, overrides)
+
+
+@pytest.mark.parametrize("content", [b"model:\n  arch: tiny-vifi\ntrain:\n  lr: [0.1\n", b"model: {arch: tiny",
+                                     b"model:\n  arch: tiny-vif\xe9\n"], ids=["corrupt", "truncated", "latin1"])
+def test_config_file_truncated_corrupt_or_not_utf8_is_named(content, tmp_path):
+    path = _write(tmp_path / "exp.yaml", content)
+    with pytest.raises(ConfigError, match=rf"{path}: not valid YAML"):
+        load_config(path)

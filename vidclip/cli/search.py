@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rerank", action="store_true", help="re-score the top candidates with the model's head")
     parser.add_argument("--rerank-k", type=int, default=100, help="candidates re-scored with --rerank")
     parser.add_argument("--index-type", default="flat", choices=INDEX_TYPES, help="FAISS index (flat = exact)")
-    parser.add_argument("--checkpoint", help="override the checkpoint recorded at extraction")
+    parser.add_argument("--checkpoint", help="where the recorded weights now live (must be the same weights: their "
+                        "SHA-256 is checked); default: the checkpoint recorded at extraction")
     parser.add_argument("--html", help="write a self-contained results page with thumbnails")
     parser.add_argument("--thumbnails", type=int, default=5, help="thumbnails per hit in the HTML page")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -5,7 +5,8 @@ Layout (one root holds any number of settings side by side)::
 
     DIR/<sampler>-<S>px-<key>/identity.json     what produced the frames; <key> is a hash of it
     DIR/<sampler>-<S>px-<key>/shard_00000.npy   uint8 (rows, S, S, 3), memory-mapped when read
-    DIR/<sampler>-<S>px-<key>/shard_00000.json  per video: source size and mtime, num_frames, fps, frame indices, row
+    DIR/<sampler>-<S>px-<key>/shard_00000.json  per video (absolute path): source size and mtime, num_frames, fps,
+                                                frame indices, first row
     DIR/<sampler>-<S>px-<key>.lock              held while a process checks or builds the cache
 
 What a video keeps: ``sampler.candidates(...)`` (the frames a deterministic sampler picks; every frame of the window
@@ -112,7 +113,7 @@ def _identity_collate(item: Any) -> Any:
 class _DecodeJobs(Dataset):
     """Item i: decode the candidate frames of one source video and resize them (runs in DataLoader workers)."""
 
-    def __init__(self, jobs: Sequence[tuple[str, str, list[tuple]]], sampler: Any, image_size: int,
+    def __init__(self, jobs: Sequence[tuple[str, list[tuple]]], sampler: Any, image_size: int,
                  reader_factory: Callable):
         self.jobs, self.sampler, self.reader_factory = list(jobs), sampler, reader_factory
         self.transform = VideoTransform(image_size)
@@ -121,8 +122,8 @@ class _DecodeJobs(Dataset):
         return len(self.jobs)
 
     def __getitem__(self, index: int) -> tuple[dict[str, Any], np.ndarray | None]:
-        rel, path, windows = self.jobs[index]
-        entry: dict[str, Any] = {"path": rel, "source": source_stamp(path)}  # stamped before decoding
+        path, windows = self.jobs[index]
+        entry: dict[str, Any] = {"path": path, "source": source_stamp(path)}  # stamped before decoding
         try:
             with self.reader_factory(path) as reader:
                 wanted = np.unique(np.concatenate([
@@ -254,7 +255,7 @@ def _check_identity(folder: Path, identity: dict[str, Any]) -> None:
 
 
 def _read_shards(folder: Path, size: int) -> tuple[dict[str, dict[str, Any]], int]:
-    """Latest entry per record path over the complete shards, and the next free shard number."""
+    """Latest entry per video (absolute path) over the complete shards, and the next free shard number."""
     entries: dict[str, dict[str, Any]] = {}
     next_id = 0
     for name in sorted(os.listdir(folder)):
@@ -291,25 +292,26 @@ def _prune(folder: Path, entries: dict[str, dict[str, Any]]) -> None:
 
 
 def _jobs(records: Sequence[VideoRecord], videos_root: str,
-          entries: dict[str, dict[str, Any]]) -> tuple[list[tuple[str, str, list[tuple]]], dict[str, str]]:
-    """(videos to decode with every window of their records, record path -> absolute path)."""
+          entries: dict[str, dict[str, Any]]) -> tuple[list[tuple[str, list[tuple]]], set[str]]:
+    """(videos to decode with every window of their records, absolute paths of the records' videos).
+
+    Entries are keyed by absolute path, so lists of other datasets (other videos roots) can share one cache root.
+    """
     windows: dict[str, list[tuple]] = {}
-    absolute: dict[str, str] = {}
     for record in records:
-        absolute.setdefault(record.path, str(resolve_video_path(videos_root, record)))
-        spans = windows.setdefault(record.path, [])
+        spans = windows.setdefault(str(resolve_video_path(videos_root, record)), [])
         if (record.start, record.end) not in spans:
             spans.append((record.start, record.end))
     todo = []
-    for rel, spans in windows.items():
-        entry = entries.get(rel)
-        if entry is None or entry.get("source") != source_stamp(absolute[rel]):
-            todo.append((rel, absolute[rel], spans))
+    for path, spans in windows.items():
+        entry = entries.get(path)
+        if entry is None or entry.get("source") != source_stamp(path):
+            todo.append((path, spans))
             continue
         cached = [tuple(w) for w in entry.get("windows", [])]
         if not set(spans) <= set(cached):  # a new time window of an unchanged video: decode the union
-            todo.append((rel, absolute[rel], cached + [w for w in spans if w not in cached]))
-    return todo, absolute
+            todo.append((path, cached + [w for w in spans if w not in cached]))
+    return todo, set(windows)
 
 
 def build_frame_cache(root: str | os.PathLike, records: Sequence[VideoRecord], videos_root: str, sampler: Any,
@@ -346,7 +348,7 @@ def build_frame_cache(root: str | os.PathLike, records: Sequence[VideoRecord], v
                    multiprocessing_context)
             entries, _ = _read_shards(folder, image_size)
             _prune(folder, entries)
-    by_path = {absolute[rel]: entry for rel, entry in entries.items() if rel in absolute}
+    by_path = {path: entry for path, entry in entries.items() if path in absolute}
     cache = FrameCache(folder, image_size, by_path)
     stats = cache.stats()
     _logger.info("frame cache %s: %d videos (%d failed), %d frames, %.1f MB (%.1f kB per video)", folder,
@@ -355,7 +357,7 @@ def build_frame_cache(root: str | os.PathLike, records: Sequence[VideoRecord], v
     return cache
 
 
-def _build(folder: Path, todo: list[tuple[str, str, list[tuple]]], sampler: Any, image_size: int,
+def _build(folder: Path, todo: list[tuple[str, list[tuple]]], sampler: Any, image_size: int,
            factory: Callable, num_workers: int, next_id: int, shard_videos: int,
            multiprocessing_context: str | None = None) -> None:
     start = time.perf_counter()
@@ -364,7 +366,7 @@ def _build(folder: Path, todo: list[tuple[str, str, list[tuple]]], sampler: Any,
                         num_workers=num_workers, collate_fn=_identity_collate,
                         multiprocessing_context=multiprocessing_context if num_workers > 0 else None)
     writer = _ShardWriter(folder, image_size, next_id, shard_videos)
-    for (_, _, spans), (entry, pixels) in zip(todo, loader):
+    for (_, spans), (entry, pixels) in zip(todo, loader):
         entry["windows"] = [list(w) for w in spans]
         writer.add(entry, pixels)
     writer.flush()

@@ -268,7 +268,8 @@ def verify_checkpoint(step_dir: Path) -> None:
     bad = verify_checksums(step_dir, sums)
     if bad:
         raise IntegrityError(f"{step_dir}: {', '.join(bad)} truncated or corrupt (SHA-256 differs from "
-                             f"{CHECKSUMS_FILE}). Resume from an earlier checkpoint: --resume {step_dir.parent}/step_<N>")
+                             f"{CHECKSUMS_FILE}). Resume from an earlier checkpoint: --resume "
+                             f"{step_dir.parent}/step_<N>")
 
 
 def save_optimizer_state(state: dict[str, Any], folder: Path, suffix: str = "") -> None:

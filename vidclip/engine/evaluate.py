@@ -13,7 +13,7 @@ import random
 import resource
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -34,14 +34,14 @@ from .encode import EncodedVideos, encode_texts, encode_video_loader, scatter_si
 _logger = logging.getLogger(__name__)
 
 
-def _peak_memory_mb(device: torch.device) -> Dict[str, float]:
+def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if device.type == "cuda":
         peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return peak
 
 
-def _bank_texts(cfg: DictConfig) -> List[str]:
+def _bank_texts(cfg: DictConfig) -> list[str]:
     """Training captions for QB-Norm / SK-norm query banks (never the test queries)."""
     path = cfg.eval.query_bank_list or cfg.data.train_list
     texts = [c for record in read_list(path) for c in record.captions]
@@ -109,7 +109,7 @@ def _postprocess(cfg, model, sim, text_feats, videos, num_videos, device):
     from ..registry import POSTPROCESSORS
 
     name = cfg.eval.postprocess
-    kwargs: Dict[str, Any] = {"logit_scale": float(model.scale().detach())}  # clamped, as in training
+    kwargs: dict[str, Any] = {"logit_scale": float(model.scale().detach())}  # clamped, as in training
     if name == "sknorm":
         kwargs.update(_sknorm_banks(cfg, model, text_feats, videos, num_videos, device))
     elif POSTPROCESSORS.info(name, "needs_query_bank", False):
@@ -119,7 +119,7 @@ def _postprocess(cfg, model, sim, text_feats, videos, num_videos, device):
 
 
 def _sknorm_banks(cfg, model, text_feats: Features, videos: EncodedVideos, num_videos: int,
-                  device: torch.device) -> Dict[str, Any]:
+                  device: torch.device) -> dict[str, Any]:
     """SK-norm inputs: training captions x test videos (t2v) and test texts x training videos (v2t, unless
     ``eval.video_bank_size=0``); per level for multi-level heads (UCoFiA: each level normalised, then averaged)."""
     per_level = hasattr(model.head, "similarity_levels")
@@ -138,7 +138,7 @@ def _sknorm_banks(cfg, model, text_feats: Features, videos: EncodedVideos, num_v
     return out
 
 
-def _bank_videos(cfg, model, device: torch.device) -> Optional[EncodedVideos]:
+def _bank_videos(cfg, model, device: torch.device) -> EncodedVideos | None:
     """Training videos (of ``eval.query_bank_list`` or ``data.train_list``; the first ``eval.video_bank_size``) for
     SK-norm's v2t bank, encoded as the test videos are; failed ones are left out. None when the size is 0."""
     size = cfg.eval.video_bank_size
@@ -158,7 +158,7 @@ def _multi_caption(cfg: DictConfig, dataset) -> bool:
     return cfg.eval.multi_caption == "yes"
 
 
-def evaluate(cfg: DictConfig, model, device: torch.device, embeddings: Optional[str] = None,
+def evaluate(cfg: DictConfig, model, device: torch.device, embeddings: str | None = None,
              show_progress: bool = True, return_similarity: bool = False):
     """Evaluate ``model`` on ``cfg.eval.split`` and return the metrics report (no file written).
 
@@ -184,7 +184,7 @@ def evaluate(cfg: DictConfig, model, device: torch.device, embeddings: Optional[
     multi = _multi_caption(cfg, dataset)
     text_to_video = torch.as_tensor(dataset.text_to_video) if multi else None
     failed_idx = sorted(videos.failed)
-    report: Dict[str, Any] = {
+    report: dict[str, Any] = {
         "dataset": cfg.data.dataset, "split": split, "mode": cfg.eval.mode, "multi_caption": multi,
         "model": model.model_info(), "head": cfg.model.head.name,
         "num_videos": num_videos, "num_texts": len(dataset.texts), "num_failed_videos": len(failed_idx),
@@ -208,8 +208,8 @@ def evaluate(cfg: DictConfig, model, device: torch.device, embeddings: Optional[
     return (report, sim) if return_similarity else report
 
 
-def run_evaluation(cfg: DictConfig, checkpoint: Optional[str] = None, embeddings: Optional[str] = None,
-                   output: Optional[str] = None, device: Optional[str] = None) -> Tuple[Dict[str, Any], Path]:
+def run_evaluation(cfg: DictConfig, checkpoint: str | None = None, embeddings: str | None = None,
+                   output: str | None = None, device: str | None = None) -> tuple[dict[str, Any], Path]:
     """What ``tools/eval_retrieval.py`` does: build the model, evaluate, write ``metrics.json``.
 
     Args:

@@ -31,9 +31,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Union
 
 import torch
 from omegaconf import DictConfig
@@ -48,8 +49,17 @@ from ..data.dataset import VideoTextDataset
 from ..data.lists import VideoRecord, read_list
 from ..errors import IntegrityError, VidclipError
 from ..features import Features
-from ..identity import (IDENTITY_VERSION, describe_changes, differing_keys, flatten, select, sha256_bytes,
-                        sha256_file, sha256_json, weights_sha256)
+from ..identity import (
+    IDENTITY_VERSION,
+    describe_changes,
+    differing_keys,
+    flatten,
+    select,
+    sha256_bytes,
+    sha256_file,
+    sha256_json,
+    weights_sha256,
+)
 from ..io import atomic_write
 from .encode import encode_video_loader
 
@@ -67,15 +77,15 @@ _NOT_PREPROCESSING = ("data.dataset", "data.videos_root", "data.train_list", "da
 class CachedEmbeddings:
     """Features of the videos that were extracted successfully, in manifest order."""
 
-    video_ids: List[str]
+    video_ids: list[str]
     features: Features
-    num_frames: List[int]
-    paths: List[str]
-    failed: Dict[str, str] = field(default_factory=dict)  # video_id -> error
+    num_frames: list[int]
+    paths: list[str]
+    failed: dict[str, str] = field(default_factory=dict)  # video_id -> error
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
-def discover_inputs(videos: str, extensions: Sequence[str], videos_root: str = "") -> Tuple[List[VideoRecord], str]:
+def discover_inputs(videos: str, extensions: Sequence[str], videos_root: str = "") -> tuple[list[VideoRecord], str]:
     """Records to extract and their root: a folder (recursive, by extension) or a JSONL data list.
 
     Ids of a folder are unique by construction: a file's stem when no other file has that stem (and the stem is not
@@ -96,10 +106,10 @@ def discover_inputs(videos: str, extensions: Sequence[str], videos_root: str = "
     return [VideoRecord(video_id=vid, path=rel, captions=[]) for vid, rel in zip(ids, rels)], str(source)
 
 
-def unique_video_ids(rel_paths: Sequence[str]) -> List[str]:
+def unique_video_ids(rel_paths: Sequence[str]) -> list[str]:
     """One id per relative path: the stem when unambiguous, else the relative path itself (always unique)."""
     stems = [Path(rel).stem for rel in rel_paths]
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for stem in stems:
         counts[stem] = counts.get(stem, 0) + 1
     taken = set(rel_paths)
@@ -112,7 +122,7 @@ def unique_video_ids(rel_paths: Sequence[str]) -> List[str]:
     return ids
 
 
-def shard_ranges(num_inputs: int, shard_size: int) -> List[Tuple[int, int]]:
+def shard_ranges(num_inputs: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, num_inputs)) for s in range(0, num_inputs, shard_size)]
 
 
@@ -121,7 +131,7 @@ def shard_name(index: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ writing
-def _shard_files(out: Path, index: int) -> Tuple[Path, Path, Path]:
+def _shard_files(out: Path, index: int) -> tuple[Path, Path, Path]:
     """(features, manifest part, checksums) of a shard; the manifest part is renamed last and marks completion."""
     base = out / SHARD_DIR / shard_name(index)
     return base.with_suffix(".safetensors"), base.with_suffix(".jsonl"), base.with_suffix(".sha256")
@@ -143,7 +153,7 @@ def _shard_complete(out: Path, index: int) -> bool:
     return intact
 
 
-def _write_shard(out: Path, index: int, features: Features, lines: List[dict]) -> None:
+def _write_shard(out: Path, index: int, features: Features, lines: list[dict]) -> None:
     feats, part, sums = _shard_files(out, index)
     part.unlink(missing_ok=True)  # a shard being redone is incomplete until its manifest part is back
     tensors = {k: v.contiguous() for k, v in features.items()}
@@ -155,8 +165,8 @@ def _write_shard(out: Path, index: int, features: Features, lines: List[dict]) -
     atomic_write(part, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _extract_shard(cfg: DictConfig, model, records: List[VideoRecord], root: str, start: int, index: int,
-                   device: torch.device) -> Tuple[Features, List[dict]]:
+def _extract_shard(cfg: DictConfig, model, records: list[VideoRecord], root: str, start: int, index: int,
+                   device: torch.device) -> tuple[Features, list[dict]]:
     dataset = VideoTextDataset(records, videos_root=root, sampler=build_sampler(cfg, train=False),
                                transform=build_transform(cfg, train=False), mode="eval",
                                backend=cfg.data.reader_backend, seed=cfg.train.seed,
@@ -183,7 +193,7 @@ def _extract_shard(cfg: DictConfig, model, records: List[VideoRecord], root: str
     return feats, lines
 
 
-def _write_manifest(out: Path, num_shards: int) -> Tuple[int, int]:
+def _write_manifest(out: Path, num_shards: int) -> tuple[int, int]:
     lines = []
     for index in range(num_shards):
         part = _shard_files(out, index)[1]
@@ -197,7 +207,7 @@ def _write_manifest(out: Path, num_shards: int) -> Tuple[int, int]:
     return len(lines), failed
 
 
-def _file_checksums(out: Path, num_shards: int) -> Dict[str, str]:
+def _file_checksums(out: Path, num_shards: int) -> dict[str, str]:
     """SHA-256 of the manifest and of every shard's features (from the checksums written with each shard)."""
     files = {MANIFEST: sha256_file(out / MANIFEST)}
     for index in range(num_shards):
@@ -207,7 +217,7 @@ def _file_checksums(out: Path, num_shards: int) -> Dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ identity
-def content_config(cfg: DictConfig) -> Dict[str, object]:
+def content_config(cfg: DictConfig) -> dict[str, object]:
     """Config keys that change what extraction writes: the model (weights aside), video preprocessing, storage."""
     flat = flatten(to_container(cfg))
     keys = select(flat, ["model"], exclude=["model.pretrained"])
@@ -218,7 +228,7 @@ def content_config(cfg: DictConfig) -> Dict[str, object]:
 
 
 def extraction_identity(cfg: DictConfig, model, records: Sequence[VideoRecord], root: str,
-                        checkpoint: Optional[str] = None, random_init_seed: Optional[int] = None) -> Dict[str, object]:
+                        checkpoint: str | None = None, random_init_seed: int | None = None) -> dict[str, object]:
     """What produced an extraction: content config, weights hash (and source), the input list, the shard layout."""
     inputs = [[r.video_id, r.path, r.start, r.end] for r in records]
     return {"format": "vidclip-extraction", "version": IDENTITY_VERSION, "config": content_config(cfg),
@@ -228,7 +238,7 @@ def extraction_identity(cfg: DictConfig, model, records: Sequence[VideoRecord], 
             "shard_size": int(cfg.extract.shard_size)}
 
 
-def read_extraction_info(directory: Union[str, Path]) -> Dict[str, object]:
+def read_extraction_info(directory: Union[str, Path]) -> dict[str, object]:
     """``DIR/model.json`` (model, weights source, identity, file checksums); IntegrityError when unreadable."""
     path = Path(directory) / MODEL_JSON
     if not path.is_file():
@@ -243,7 +253,7 @@ def read_extraction_info(directory: Union[str, Path]) -> Dict[str, object]:
     return info
 
 
-def _way_out(keys: Sequence[str], recorded: Dict[str, object]) -> str:
+def _way_out(keys: Sequence[str], recorded: dict[str, object]) -> str:
     hints = []
     if "shard_size" in keys:
         hints.append(f"--shard-size {recorded.get('shard_size')}")
@@ -256,7 +266,7 @@ def _way_out(keys: Sequence[str], recorded: Dict[str, object]) -> str:
     return " and ".join(hints)
 
 
-def check_resume_identity(out: Path, identity: Dict[str, object]) -> None:
+def check_resume_identity(out: Path, identity: dict[str, object]) -> None:
     """Refuse ``--resume`` into a folder made with other settings, weights, inputs or shard layout."""
     info = read_extraction_info(out)
     if "identity" not in info:
@@ -296,7 +306,7 @@ def _parse_manifest_line(line: str, path: Path, lineno: int) -> dict:
                              f"--out {path.parent} to rewrite it") from exc
 
 
-def read_manifest(directory: Union[str, Path]) -> List[dict]:
+def read_manifest(directory: Union[str, Path]) -> list[dict]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise VidclipError(f"{path} not found: run tools/extract_embeddings.py --out {directory} first (or finish it"
@@ -309,7 +319,7 @@ def read_manifest(directory: Union[str, Path]) -> List[dict]:
     return [_parse_manifest_line(line, path, n) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
-def _verified_files(directory: Path) -> Optional[Dict[str, str]]:
+def _verified_files(directory: Path) -> dict[str, str] | None:
     """Checksums recorded at the end of the extraction (None for folders of older vidclip versions)."""
     info = read_extraction_info(directory)
     if "identity" not in info:
@@ -326,7 +336,7 @@ def _verified_files(directory: Path) -> Optional[Dict[str, str]]:
     return files
 
 
-def _load_shard(directory: Path, name: str, files: Optional[Dict[str, str]]) -> Dict[str, torch.Tensor]:
+def _load_shard(directory: Path, name: str, files: dict[str, str] | None) -> dict[str, torch.Tensor]:
     path = directory / name
     way_out = f"Rerun the extraction with --resume --out {directory} (damaged shards are extracted again)"
     try:
@@ -341,13 +351,13 @@ def _load_shard(directory: Path, name: str, files: Optional[Dict[str, str]]) -> 
         raise IntegrityError(f"{path}: not a readable safetensors file ({exc}). {way_out}") from exc
 
 
-def load_embeddings(directory: Union[str, Path], keys: Optional[Sequence[str]] = None) -> CachedEmbeddings:
+def load_embeddings(directory: Union[str, Path], keys: Sequence[str] | None = None) -> CachedEmbeddings:
     """All extracted features (rows of successful videos, manifest order) and the failures, checksums verified."""
     directory = Path(directory)
     files = _verified_files(directory) if (directory / MODEL_JSON).is_file() else None
     entries = read_manifest(directory)
-    shards: Dict[str, Dict[str, torch.Tensor]] = {}
-    chunks: Dict[str, List[torch.Tensor]] = {}
+    shards: dict[str, dict[str, torch.Tensor]] = {}
+    chunks: dict[str, list[torch.Tensor]] = {}
     ids, frames, paths, failed = [], [], [], {}
     for entry in entries:
         if entry["status"] != "ok":
@@ -371,7 +381,7 @@ def load_embeddings(directory: Union[str, Path], keys: Optional[Sequence[str]] =
     return CachedEmbeddings(ids, features, frames, paths, failed)
 
 
-def load_recorded_model(directory: Union[str, Path], model_cfg, checkpoint: Optional[str] = None):
+def load_recorded_model(directory: Union[str, Path], model_cfg, checkpoint: str | None = None):
     """The model that produced an extraction: its recorded weights (or seeded random init), hash-checked.
 
     Args:
@@ -399,7 +409,8 @@ def load_recorded_model(directory: Union[str, Path], model_cfg, checkpoint: Opti
         given = f"--checkpoint {checkpoint}" if checkpoint else f"the recorded weights {source or 'random init'}"
         raise IntegrityError(f"{directory / MODEL_JSON}: {given} is not the model that produced these embeddings "
                              f"(weights SHA-256 {str(weights['sha256'])[:12]}... recorded). Omit --checkpoint to use "
-                             f"the recorded {weights.get('source') or 'random init'}, or re-extract with the new weights")
+                             f"the recorded {weights.get('source') or 'random init'}, or re-extract with the new "
+                             "weights")
     return model
 
 
@@ -421,7 +432,7 @@ def check_compatible_config(directory: Union[str, Path], cfg: DictConfig) -> Non
                         "extract.dtype=float32 for bit-identical evaluation)", directory, recorded.get("extract.dtype"))
 
 
-def create_model_seeded(model_cfg, pretrained: Optional[str], seed: Optional[int]):
+def create_model_seeded(model_cfg, pretrained: str | None, seed: int | None):
     """``create_model``; random init (no ``pretrained``) is drawn from ``seed`` without touching the global RNG."""
     from ..models.factory import create_model
 
@@ -433,7 +444,7 @@ def create_model_seeded(model_cfg, pretrained: Optional[str], seed: Optional[int
 
 
 # ------------------------------------------------------------------------------------------------------ driver
-def _prepare_out(out: Path, resume: bool, overwrite: bool, identity: Dict[str, object], is_main: bool) -> None:
+def _prepare_out(out: Path, resume: bool, overwrite: bool, identity: dict[str, object], is_main: bool) -> None:
     """Refuse an existing extraction without --resume/--overwrite, or one made differently; then probe a write."""
     exists = any((out / name).exists() for name in (MANIFEST, SHARD_DIR, MODEL_JSON))
     if exists and not (resume or overwrite):
@@ -454,13 +465,13 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool, identity: Dict[str, o
         raise VidclipError(f"cannot write to output directory {out}: {exc.strerror}. Choose a writable --out") from exc
 
 
-def _write_model_json(out: Path, info: Dict[str, object]) -> None:
+def _write_model_json(out: Path, info: dict[str, object]) -> None:
     atomic_write(out / MODEL_JSON, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2), encoding="utf-8"))
 
 
 def run_extraction(cfg: DictConfig, model, videos: str, out: Path, resume: bool, accelerator=None,
-                   checkpoint: Optional[str] = None, overwrite: bool = False,
-                   random_init_seed: Optional[int] = None) -> Dict[str, object]:
+                   checkpoint: str | None = None, overwrite: bool = False,
+                   random_init_seed: int | None = None) -> dict[str, object]:
     """Extract every shard assigned to this process; the main process then writes the manifest and checksums.
 
     ``resume`` continues an extraction made with the same identity (content config, weights hash, inputs, shard
@@ -503,7 +514,7 @@ def run_extraction(cfg: DictConfig, model, videos: str, out: Path, resume: bool,
     bar.close()
     if accelerator:
         accelerator.wait_for_everyone()
-    summary: Dict[str, object] = {"inputs": len(records), "shards": len(ranges), "extracted_here": done_videos}
+    summary: dict[str, object] = {"inputs": len(records), "shards": len(ranges), "extracted_here": done_videos}
     if is_main:
         try:
             total, failed = _write_manifest(out, len(ranges))
@@ -515,8 +526,8 @@ def run_extraction(cfg: DictConfig, model, videos: str, out: Path, resume: bool,
     return summary
 
 
-def extract_embeddings(cfg: DictConfig, videos: str, out: Path, checkpoint: Optional[str] = None,
-                       resume: bool = False, overwrite: bool = False) -> Dict[str, object]:
+def extract_embeddings(cfg: DictConfig, videos: str, out: Path, checkpoint: str | None = None,
+                       resume: bool = False, overwrite: bool = False) -> dict[str, object]:
     """What ``tools/extract_embeddings.py`` does, on every process of a launch (accelerate / torchrun or plain).
 
     Args:

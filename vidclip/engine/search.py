@@ -11,7 +11,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ class Hit:
     coarse_score: float
 
 
-def build_faiss_index(embeddings: np.ndarray, index_type: str = "flat", nlist: Optional[int] = None):
+def build_faiss_index(embeddings: np.ndarray, index_type: str = "flat", nlist: int | None = None):
     """A FAISS inner-product index over L2-normalised float32 rows.
 
     Args:
@@ -117,7 +116,7 @@ class VideoSearcher:
     """Loads extracted embeddings, the model that made them (hash-checked), and answers text queries."""
 
     def __init__(self, directory: str, index_type: str = "flat", device: str = "cpu",
-                 checkpoint: Optional[str] = None):
+                 checkpoint: str | None = None):
         self.directory = Path(directory)
         info = read_extraction_info(self.directory)
         self.cfg = load_config(self.directory / "config.yaml")
@@ -132,7 +131,7 @@ class VideoSearcher:
         self.index = load_or_build_index(self.directory, pooled, index_type)
 
     @torch.no_grad()
-    def search(self, query: str, k: int = 10, rerank: bool = False, rerank_k: int = 100) -> List[Hit]:
+    def search(self, query: str, k: int = 10, rerank: bool = False, rerank_k: int = 100) -> list[Hit]:
         """Top-``k`` videos for ``query``; with ``rerank`` the head re-scores the top ``rerank_k`` first."""
         from ..tokenizer import tokenize
 

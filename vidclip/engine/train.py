@@ -42,10 +42,23 @@ from ..distributed import make_feature_gather
 from ..errors import CheckpointError, ConfigError, NonFiniteError
 from ..identity import IDENTITY_VERSION, describe_changes, differing_keys, flatten, sha256_file
 from ..objective import build_objective
-from .checkpoint import (MODEL_FILE, RUN_CONFIG, CheckpointManager, checkpoints_dir, ensure_writable_dir, find_latest,
-                         list_checkpoints)
-from .optim import (clamp_logit_scale, create_optimizer, create_scheduler, current_lrs, freeze_backbone_layers,
-                    freeze_conv1)
+from .checkpoint import (
+    MODEL_FILE,
+    RUN_CONFIG,
+    CheckpointManager,
+    checkpoints_dir,
+    ensure_writable_dir,
+    find_latest,
+    list_checkpoints,
+)
+from .optim import (
+    clamp_logit_scale,
+    create_optimizer,
+    create_scheduler,
+    current_lrs,
+    freeze_backbone_layers,
+    freeze_conv1,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -201,8 +214,8 @@ class Trainer:
                  allow_changes: Sequence[str] = ()):
         from accelerate.utils import set_seed
 
-        from ..models.factory import create_model
         from ..data.builders import build_dataset
+        from ..models.factory import create_model
 
         self.cfg = cfg
         self.run_dir = Path(cfg.train.output_dir)

@@ -20,6 +20,10 @@ alignable prompt bucket (SuperGlue dustbin), ``s_ot = Σ T ⊙ R`` with the plan
 averages it with the soft-maximum). Norton's OT works on whole clip-caption pairs (rectified targets, paragraphs),
 never on words x frames. Masked (padding) words and frames are excluded everywhere unless the quirk is asked for.
 
+Speed (issue 17, ``benchmarks/bench_norton.py``): word / frame slots that are padding in every row of a chunk are
+dropped before the word x frame matrix is built (exact), both soft-maximum directions share one masked ``exp``, and
+the word x frame OT runs the same Sinkhorn iterations in scaling form (``ot_solver="auto"``; "pot" = POT's log domain).
+
 Also :func:`paragraph_similarity`: the video-paragraph score between the sentences of paragraphs and the clips of
 videos from their pooled embeddings (coarse cost), on vidclip.ops.ot.paragraph_scores.
 """
@@ -71,18 +75,22 @@ def soft_maximum(sims: torch.Tensor, mask: torch.Tensor, alpha: float = 1.0, mea
 
 
 def soft_maximum_both(sims: torch.Tensor, word_mask: torch.Tensor, frame_mask: torch.Tensor, alpha: float = 1.0,
-                      mean: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      mean: bool = True, bound: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(per word over frames (Nt, Nv, L), per frame over words (Nt, Nv, T)) soft-maxima of (Nt, Nv, L, T) sims.
 
     When ``|sims| / alpha`` is small enough for ``exp`` (always for cosines and ``alpha >= 1/60``), both directions
     share one masked ``exp`` (no max shift is needed; equal to the log-sum-exps up to rounding); otherwise two
-    :func:`soft_maximum` calls.
+    :func:`soft_maximum` calls. ``bound``: a known bound on ``|sims|`` (default: measured).
     """
     limit = 600.0 if sims.dtype == torch.float64 else 60.0
-    if sims.numel() == 0 or float(sims.detach().abs().amax()) / alpha > limit:
+    if sims.numel() == 0 or (bound if bound is not None else float(sims.detach().abs().amax())) / alpha > limit:
         per_word = soft_maximum(sims, frame_mask, alpha, mean)  # (Nt, Nv, L)
         return per_word, soft_maximum(sims.transpose(-1, -2), word_mask.transpose(-1, -2), alpha, mean)
-    expo = (sims if alpha == 1.0 else sims / alpha).exp() * (word_mask & frame_mask).to(sims.dtype)  # (Nt, Nv, L, T)
+    expo = (sims if alpha == 1.0 else sims / alpha).exp()  # (Nt, Nv, L, T)
+    if expo.requires_grad:
+        expo = expo * (word_mask & frame_mask).to(sims.dtype)
+    else:  # evaluation: mask in place, no (Nt, Nv, L, T) mask tensor
+        expo.mul_(word_mask.to(sims.dtype)).mul_(frame_mask.to(sims.dtype))
     tiny = torch.finfo(sims.dtype).tiny
     out = []
     for dim, mask in ((-1, frame_mask), (-2, word_mask)):

@@ -46,7 +46,7 @@ TOPK_GRADS = ("full", "diagonal")
 SCORERS = ("lg", "video_global")
 REFERENCE_LOGIT_SCALE = 100.0  # exp(logit_scale) of OpenAI CLIP, which the reference keeps (clip lr 1e-7, clamp 100)
 PW_BLOCK_ELEMENTS = 1 << 20  # word x pixel similarities per patch-word micro-block at inference (4 MB in fp32)
-PW_LIVE_TENSORS = 4  # (N_t, N_v, L, P)-sized tensors alive at once in the inference patch-word path
+PW_LIVE_TENSORS = 6  # (N_t, N_v, L, P)-sized tensors alive at once in the patch-word path
 
 _REFERENCE = dict(top_k=3, num_samples=500, sigma=0.05, tau=0.01, eval_topk="perturbed", topk_grad="diagonal",
                   scorer="lg", scorer_bias=False, scorer_init_std=0.02, mask_padding_frames=False,
@@ -79,27 +79,9 @@ def isa(sims: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor], 
     with torch.autocast(device_type=sims.device.type, enabled=False):
         sims = _wide(sims)
         mask = None if mask is None else mask.expand_as(sims)
-        if not (torch.is_grad_enabled() and (sims.requires_grad or weight.requires_grad)):
-            return _isa_inference(sims, weight[:k, :k].to(sims.dtype), mask, tau)
         first = masked_softmax(sims / tau, mask)  # (..., K)
         weights = masked_softmax(first @ weight[:k, :k].to(sims.dtype) / tau, mask)  # (..., K)
         return (weights * (sims if mask is None else sims.masked_fill(~mask, 0.0))).sum(-1)
-
-
-def _softmax_(x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """In-place :func:`masked_softmax` over the last dim (no autograd)."""
-    if mask is not None:
-        x.masked_fill_(~mask, torch.finfo(x.dtype).min)
-    x.sub_(x.amax(-1, keepdim=True)).exp_()
-    x.div_(x.sum(-1, keepdim=True))
-    return x if mask is None else x.mul_(mask)
-
-
-def _isa_inference(sims: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor], tau: float) -> torch.Tensor:
-    """:func:`isa` without autograd: the same operations in place on two buffers of the size of ``sims``."""
-    first = _softmax_(sims / tau, mask)  # (..., K)
-    weights = _softmax_(torch.matmul(first, weight).div_(tau), mask).mul_(sims)  # (..., K)
-    return (weights if mask is None else weights.masked_fill_(~mask, 0.0)).sum(-1)
 
 
 class PerturbedTopK(torch.autograd.Function):
@@ -329,7 +311,9 @@ class UCoFiAHead(Head):
 
         Word / pixel slots that are padding in every row of the block are dropped first (exact: masked slots take no
         weight, and the ISA of K slots uses the leading K x K block of each matrix); without autograd the texts run
-        in micro-blocks of about ``PW_BLOCK_ELEMENTS`` similarities (cache-sized, memory bounded by the block).
+        in micro-blocks of about ``PW_BLOCK_ELEMENTS`` similarities: cache-sized, the way the reference scores 32 x 32
+        batches (a 256 x 256 block's intermediates run out of cache and are 2-3x slower per pair), and memory bounded
+        by the micro-block rather than the block.
         """
         words, word_mask = _trim_padding(_wide(text_feats["words"]), _mask_or_none(text_feats["word_mask"]))
         pixels, pixel_mask = _trim_padding(_wide(video_feats["pixels"]), _mask_or_none(video_feats["pixel_mask"]))
@@ -354,9 +338,10 @@ class UCoFiAHead(Head):
         return 0.5 * (pixel_level + word_level)
 
     def pair_bytes(self, text_feats: Features, video_feats: Features) -> int:
-        """Estimated intermediate bytes per (text, video) pair (the memory budget of ``chunked_similarity``)."""
-        words, pixels = text_feats["words"].shape[1], video_feats["pixels"].shape[1]
-        return PW_LIVE_TENSORS * 4 * words * pixels + 64  # fp32 (L, P) buffers, plus the small per-pair levels
+        """Estimated inference bytes per (text, video) pair of a block (the memory budget of ``chunked_similarity``):
+        the sentence-frame intermediates and the levels. The patch-word intermediates do not grow with the block:
+        micro-blocks bound them to about ``PW_LIVE_TENSORS * PW_BLOCK_ELEMENTS * 4`` bytes (24 MB)."""
+        return 4 * (4 * video_feats["frames"].shape[1] + 8)
 
     def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
         levels = self.similarity_levels(text_feats, video_feats)

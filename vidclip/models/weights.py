@@ -17,10 +17,12 @@ from typing import Any, Union
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from ..identity import CHECKSUMS_FILE, read_checksums, sha256_bytes
 
 _logger = logging.getLogger(__name__)
 
@@ -87,9 +89,14 @@ def load_model_weights(model: torch.nn.Module, path: PathLike, strict: bool = Tr
     """Load weights written by :func:`save_model_weights` into ``model``; returns the file's metadata."""
     file = resolve_model_weights(path)
     try:
-        state = load_file(str(file))
+        data = file.read_bytes()
+        state = load_safetensors_bytes(data)
     except Exception as exc:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"{file}: cannot read weights ({exc}). The file is truncated or not safetensors") from exc
+    recorded = (read_checksums(file.parent) or {}).get(file.name)  # inside a checkpoint folder: verify its bytes
+    if recorded is not None and sha256_bytes(data) != recorded:
+        raise CheckpointError(f"{file}: corrupt (SHA-256 differs from {file.parent / CHECKSUMS_FILE}). Use another "
+                              "checkpoint of the run (checkpoints/step_<N>)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if strict and (missing or unexpected):
         raise CheckpointError(f"{file}: weights do not fit the model: missing {missing[:5]}, unexpected "

@@ -1,10 +1,11 @@
 """torchcodec backend (``torchcodec``, optional): ``VideoDecoder(seek_mode="exact").get_frames_at``, CPU or NVDEC.
 
-torchcodec (``pip install vidclip[torchcodec]``) needs the system FFmpeg shared libraries (4 to 8; e.g. Debian's
+torchcodec (``pip install vidclip[torchcodec]``) needs the system FFmpeg shared libraries (e.g. Debian 12's
 ``libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavdevice59 libavfilter8``). Its exact mode
 scans the file once at open and then returns, for index ``k``, the frame with the ``k``-th smallest timestamp: on
 every real test file (H.264 4:2:0 and 4:4:4, VP9 in AVI with a lying header, Theora in Ogg) that is exactly the
-``k``-th frame of a plain sequential PyAV decode, in 0.8-0.97x decord's CPU time (``BENCHMARKS.md``).
+``k``-th frame of a plain sequential PyAV decode (with the priming below), in about 0.8x decord's and 0.85x the
+PyAV backend's CPU time (``BENCHMARKS.md``, ``benchmarks/bench_decode.py``).
 
 Where torchcodec alone cannot guarantee that, this reader decodes with PyAV instead (``reader.decoder`` says which):
 - Frame count: torchcodec counts the packets its scan saw. The count is *trusted* when it equals the header's and
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,30 @@ def check_decode_device(device: str) -> str:
     return device
 
 
+def _trusted_facts(decoder, path: Path) -> tuple[int, float] | None:
+    """(num_frames, fps) from torchcodec alone when they can be trusted (see the module doc), else None."""
+    if decoder is None:
+        return None
+    metadata = decoder.metadata
+    header = metadata.num_frames_from_header
+    if header and header == len(decoder) and metadata.average_fps_from_header and iso_bmff_complete(path):
+        return len(decoder), metadata.average_fps_from_header  # avg_frame_rate, as PyAV's average_rate
+    return None
+
+
+def _probed_facts(decoder, error: str, path: Path) -> tuple[tuple[int, float], Any]:
+    """((num_frames, fps), decoder or None) by PyAV's rules; None when PyAV must decode (truncated, counts disagree,
+    torchcodec cannot open). Raises PyAV's ``VideoDecodeError`` for files nobody can read."""
+    container, _, index, num_frames, fps = probe(path)
+    container.close()
+    if decoder is None or index.truncated or num_frames != len(decoder):
+        why = (f"torchcodec cannot open it ({error})" if decoder is None else "the file is truncated"
+               if index.truncated else f"torchcodec counts {len(decoder)} frames, a sequential decode {num_frames}")
+        _logger.info("%s: decoding with PyAV: %s", path, why)
+        decoder = None
+    return (num_frames, fps), decoder
+
+
 @READERS.register("torchcodec", gpu_decode=True)
 class TorchCodecReader(VideoReader):
     """torchcodec exact-mode decoding (CPU or NVDEC), PyAV where torchcodec cannot be proven exact.
@@ -140,28 +164,17 @@ class TorchCodecReader(VideoReader):
         self._pyav: PyAVReader | None = None
         self._decoder, self._unrotate, self._num_threads, self._primed = None, 0, num_threads, False
         decoder, error = self._open_decoder(path)
-        metadata = decoder.metadata if decoder is not None else None
-        header = metadata.num_frames_from_header if metadata is not None else None
-        if metadata is not None and header and header == len(decoder) and iso_bmff_complete(path):
-            fps = metadata.average_fps_from_header or 0.0
-            num_frames = len(decoder)  # trusted: header == packets scanned, and no byte of the file is missing
-        else:
-            container, _, index, num_frames, fps = probe(path)  # PyAV's rules; raises the canonical errors
-            container.close()
-            if decoder is None or index.truncated or num_frames != len(decoder):
-                why = (f"torchcodec cannot open it ({error})" if decoder is None else
-                       "the file is truncated" if index.truncated else
-                       f"torchcodec counts {len(decoder)} frames, a sequential decode {num_frames}")
-                _logger.info("%s: decoding with PyAV: %s", path, why)
-                decoder = None
+        facts = _trusted_facts(decoder, path)
+        if facts is None:
+            facts, decoder = _probed_facts(decoder, error, path)
         if decoder is None:
             self._pyav = PyAVReader(path, seek_min_gap=seek_min_gap)
             super().__init__(path, self._pyav.num_frames, self._pyav.fps, self._pyav.width, self._pyav.height)
             return
-        self._decoder = decoder
+        self._decoder, metadata = decoder, decoder.metadata
         self._unrotate = int(round(-(metadata.rotation or 0.0) / 90.0)) % 4  # rot90 turns undoing the rotation
         width, height = (metadata.height, metadata.width) if self._unrotate % 2 else (metadata.width, metadata.height)
-        super().__init__(path, num_frames, float(fps), int(width), int(height))
+        super().__init__(path, facts[0], float(facts[1]), int(width), int(height))
 
     @property
     def decoder(self) -> str:
