@@ -47,7 +47,6 @@ def build(preset: str | None, n: int):
 
     from vidclip.features import TextEncoderOutput, VideoEncoderOutput
     from vidclip.heads import create_head
-
     from vidclip.heads.ucofia import UCoFiAHead
 
     torch.manual_seed(0)
@@ -178,7 +177,8 @@ def main(argv=None) -> int:
             r = measure(preset, args.n, args.rounds, args.max_block_mb)
             results.append(r)
             rows.append([r["preset"], r["n"], f"{r['vidclip_us_per_pair']:.1f}", f"{r['reference_us_per_pair']:.1f}",
-                         f"x{r['speedup']:.2f}", f"{r['vidclip_peak_extra_mb']:.0f} / {r['reference_peak_extra_mb']:.0f}",
+                         f"x{r['speedup']:.2f}",
+                         f"{r['vidclip_peak_extra_mb']:.0f} / {r['reference_peak_extra_mb']:.0f}",
                          "n/a" if r["rel_diff"] is None else f"{r['rel_diff']:.1e}"])
     print(markdown_table(["head setting", "N", "vidclip µs/pair (incl. one-off seqTransf)", "reference µs/pair",
                           "speed-up", "peak extra MB vidclip / reference", "rel. diff"], rows))

@@ -140,7 +140,8 @@ def ref_levels(head, enc_v, enc_t, noise, ls, project):
 def cross_entropy_both(logits):
     """CrossEn on the matrix and its transpose, averaged (the reference's training loss)."""
     diag = torch.arange(len(logits))
-    return (-torch.log_softmax(logits, -1)[diag, diag].mean() - torch.log_softmax(logits.t(), -1)[diag, diag].mean()) / 2
+    rows, cols = torch.log_softmax(logits, -1)[diag, diag], torch.log_softmax(logits.t(), -1)[diag, diag]
+    return -(rows.mean() + cols.mean()) / 2
 
 
 def sinkhorn_bias(bank, iters=4):

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from vidclip.errors import ConfigError
-from vidclip.heads import create_head
 from vidclip.features import TextEncoderOutput, VideoEncoderOutput
+from vidclip.heads import create_head
 from vidclip.heads.ucofia import UCoFiAHead, hard_topk, isa, perturbed_topk
 from vidclip.ops.similarity import chunked_similarity, chunked_similarity_levels
 
@@ -32,7 +32,7 @@ def text_batch(b=6, length=8, seed=1):
 
 def make_head(**kw):
     torch.manual_seed(0)
-    args = dict(embed_dim=D, max_words=12, max_frames=6, top_k=2, num_samples=50, pw_scale=1.0)  # levels in cosine units
+    args = dict(embed_dim=D, max_words=12, max_frames=6, top_k=2, num_samples=50, pw_scale=1.0)  # cosine units
     args.update(kw)
     return create_head("ucofia", **args)
 

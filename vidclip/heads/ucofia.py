@@ -32,7 +32,8 @@ The patch shift of the frame encoder (TS2-Net) is not part of the head: set ``mo
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Dict, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -58,7 +59,7 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def masked_softmax(logits: torch.Tensor, mask: Optional[torch.Tensor], dim: int = -1) -> torch.Tensor:
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
     """Softmax over the True entries of ``mask`` (broadcastable; None = all); masked entries and all-masked slices
     give 0."""
     if mask is None:
@@ -67,7 +68,7 @@ def masked_softmax(logits: torch.Tensor, mask: Optional[torch.Tensor], dim: int 
     return torch.softmax(filled, dim) * mask.to(logits.dtype)
 
 
-def isa(sims: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor], tau: float) -> torch.Tensor:
+def isa(sims: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None, tau: float) -> torch.Tensor:
     """Interactive similarity aggregation over the last dim: ``Σ_k softmax((softmax(s/τ) W)/τ)_k s_k``.
 
     Args:
@@ -116,7 +117,7 @@ class PerturbedTopK(torch.autograd.Function):
 
 
 def perturbed_topk(scores: torch.Tensor, k: int, num_samples: int, sigma: float, diagonal: bool = False,
-                   noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
     """(B, N) -> (B, k, N) perturbed top-k indicators; ``noise`` (B, S, N) defaults to fresh ``torch.randn``."""
     if noise is None:
         noise = torch.randn(scores.shape[0], num_samples, scores.shape[1], device=scores.device, dtype=scores.dtype)
@@ -217,8 +218,8 @@ class UCoFiAHead(Head):
     def __init__(self, embed_dim: int = 512, max_words: int = 32, max_frames: int = 12, top_k: int = 3,
                  num_samples: int = 500, sigma: float = 0.05, eval_topk: str = "hard", topk_grad: str = "full",
                  tau: float = 0.01, scorer: str = "lg", scorer_bias: bool = True,
-                 scorer_init_std: Optional[float] = None, mask_padding_frames: bool = True,
-                 mask_padding_words: bool = True, pw_scale: Optional[float] = None, eval_drop_wl2: bool = False):
+                 scorer_init_std: float | None = None, mask_padding_frames: bool = True,
+                 mask_padding_words: bool = True, pw_scale: float | None = None, eval_drop_wl2: bool = False):
         super().__init__()
         for name, value, valid in (("eval_topk", eval_topk, EVAL_TOPK_MODES), ("topk_grad", topk_grad, TOPK_GRADS),
                                    ("scorer", scorer, SCORERS)):
@@ -230,7 +231,7 @@ class UCoFiAHead(Head):
             mask_padding_words
         self.pw_scale = None if pw_scale is None else float(pw_scale)
         self.eval_drop_wl2 = eval_drop_wl2
-        self._logit_scale: Optional[Callable[[], torch.Tensor]] = None
+        self._logit_scale: Callable[[], torch.Tensor] | None = None
         num_pixels = self.max_frames * (1 + self.top_k)
         eye = torch.eye
         self.w_sentence, self.w_video = nn.Parameter(eye(embed_dim)), nn.Parameter(eye(embed_dim))  # W_g1, W_g2
@@ -298,7 +299,7 @@ class UCoFiAHead(Head):
                 "words": l2_normalize(text.tokens) @ self.w_word_proj, "word_mask": word_mask}
 
     # ---------------------------------------------------------------------------------------------- similarity
-    def similarity_levels(self, text_feats: Features, video_feats: Features) -> Dict[str, torch.Tensor]:
+    def similarity_levels(self, text_feats: Features, video_feats: Features) -> dict[str, torch.Tensor]:
         """``{"vs", "sf", "pw"}``: the three (N_t, N_v) levels in cosine units (``pw`` times :meth:`pw_factor`)."""
         vs = _wide(text_feats["sentence"]) @ _wide(video_feats["video"]).t()  # (Nt, Nv)
         frame_sims = torch.einsum("td,vfd->tvf", _wide(text_feats["pooled"]), _wide(video_feats["frames"]))
@@ -324,8 +325,8 @@ class UCoFiAHead(Head):
                                         pixels, pixel_mask) for i in range(0, len(words), step)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _patch_word_block(self, words: torch.Tensor, word_mask: Optional[torch.Tensor], pixels: torch.Tensor,
-                          pixel_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _patch_word_block(self, words: torch.Tensor, word_mask: torch.Tensor | None, pixels: torch.Tensor,
+                          pixel_mask: torch.Tensor | None) -> torch.Tensor:
         """:meth:`patch_word` of words (Nt, L, D) x pixels (Nv, P, D) with their masks (None = all real)."""
         sims = torch.einsum("tjd,vmd->tvjm", words, pixels)  # (Nt, Nv, L, P)
         wm = None if word_mask is None else word_mask[:, None, :]  # (Nt, 1, L)
@@ -360,7 +361,7 @@ class UCoFiAHead(Head):
                               f"{model_cfg.context_length}: the word ISA matrices must hold every token")
 
 
-def _trim_padding(x: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple:
+def _trim_padding(x: torch.Tensor, mask: torch.Tensor | None) -> tuple:
     """Drop the trailing slots of ``x`` (B, K, D) that ``mask`` (B, K) marks as padding in every row (at least one
     slot stays); returns ``(x, mask)``, the mask None when every kept slot is real."""
     if mask is None:
@@ -371,7 +372,7 @@ def _trim_padding(x: torch.Tensor, mask: Optional[torch.Tensor]) -> tuple:
     return x, _mask_or_none(mask)
 
 
-def _mask_or_none(mask: torch.Tensor) -> Optional[torch.Tensor]:
+def _mask_or_none(mask: torch.Tensor) -> torch.Tensor | None:
     """The bool mask, or None when every entry is True (the ISA then skips masking: same result, less work)."""
     mask = mask.bool()
     return None if bool(mask.all()) else mask
