@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError, IntegrityError
 from ..identity import CHECKSUMS_FILE, read_checksums, verify_checksums, write_checksums
-from ..io import atomic_write_text
+from ..io import atomic_write_text, fsync_path
 from ..models.weights import (  # noqa: F401  (the run layout is read in models.weights; re-exported for callers)
     _STEP_RE,
     CHECKPOINTS_DIR,
@@ -61,16 +61,7 @@ PathLike = Union[str, Path]
 
 
 # ---------------------------------------------------------------------------------------------------- file helpers
-def _fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directories: makes renames inside it durable)."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
+_fsync_path = fsync_path  # the one fsync helper lives in vidclip.io
 
 
 def _fsync_tree(root: Path) -> None:
