@@ -72,6 +72,7 @@ def test_save_config_round_trips(tmp_path):
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
 
 
+@pytest.mark.slow
 def test_every_shipped_config_loads():
     for path in sorted((REPO / "configs").rglob("*.yaml")):
         if path.parent.name in ("data", "methods"):

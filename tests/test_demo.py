@@ -1,5 +1,6 @@
 """A reduced `make demo` (fewer videos and steps) through the same code path: data, training, evaluation,
 extraction, search, HTML page, results table."""
+import pytest
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from vidclip.engine.demo import run_demo
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # recipes are referenced relative to the repository, as in configs/demo.yaml
     cfg = vidclip.load_config(REPO / "configs" / "demo.yaml", [

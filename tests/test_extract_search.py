@@ -80,6 +80,7 @@ def test_extracted_embeddings_equal_evaluation_features(synth, tmp_path):
     assert torch.equal(cached.features["pooled"], encoded.features["pooled"])
 
 
+@pytest.mark.slow
 def test_search_returns_the_model_argmax_and_html(synth, tmp_path):
     cfg = _cfg(synth)
     model, ckpt = _checkpoint(tmp_path)

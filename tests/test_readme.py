@@ -50,6 +50,7 @@ def test_training_and_evaluation_commands_resolve(tmp_path):
     assert checked >= 5
 
 
+@pytest.mark.slow
 def test_prepare_data_commands_run_on_the_real_annotations(shared_data, tmp_path):
     ran = 0
     for command in readme_commands():

@@ -73,6 +73,7 @@ def test_train_state_round_trip_ignores_unknown_keys():
     assert TrainState.from_dict({**state.__dict__, "unknown": 9}) == state
 
 
+@pytest.mark.slow
 def test_every_config_file_loads():
     pytest.importorskip("vidclip.models.factory", reason="the model factory (arch files) is not in this tree yet")
     files = sorted(CONFIGS.rglob("*.yaml"))

@@ -85,6 +85,7 @@ def test_header_frame_count_larger_than_decodable(shared_data):
         reader.get_frames([299])
 
 
+@pytest.mark.slow
 def test_decord_problem_files_are_exact_with_auto_and_named_errors_with_decord(shared_data):
     pytest.importorskip("decord")
     videos = shared_data / "videos" / "misc"
