@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ def shared_data() -> Path:
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int = 25, codec: str = "libx264rgb",
-                lossless: bool = True, gop: Optional[int] = None) -> Path:
+                lossless: bool = True, gop: int | None = None) -> Path:
     """Write uint8 frames ``(T, H, W, 3)`` to ``path`` with PyAV.
 
     ``libx264rgb`` with ``qp=0`` stores RGB losslessly, so decoded frames equal the input exactly.

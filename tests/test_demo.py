@@ -1,9 +1,10 @@
 """A reduced `make demo` (fewer videos and steps) through the same code path: data, training, evaluation,
 extraction, search, HTML page, results table."""
-import pytest
 import json
 import re
 from pathlib import Path
+
+import pytest
 
 import vidclip
 from vidclip.engine.demo import run_demo

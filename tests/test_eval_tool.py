@@ -11,8 +11,8 @@ import torch
 import vidclip
 from vidclip.data.lists import read_list, write_list
 from vidclip.data.synthetic import make_synthetic_dataset
-from vidclip.models.weights import save_model_weights
 from vidclip.metrics import retrieval_metrics
+from vidclip.models.weights import save_model_weights
 
 REPO = Path(__file__).resolve().parents[1]
 # vifi and glscl in the default suite; the other heads take the same path and run with the slow marker (CI runs both)
