@@ -21,27 +21,19 @@ import sys
 import time
 
 import torch
-from common import interleaved_wall_cpu, load_average, markdown_table, pinned_to_one_core, ratio_stats, write_results
+from common import (
+    interleaved_wall_cpu,
+    load_average,
+    markdown_table,
+    pinned_to_one_core,
+    ratio_stats,
+    reset_peak_rss,
+    status_mb,
+    write_results,
+)
 
 DIM, FRAMES, SLOTS, REAL_WORDS = 512, 12, 32, 12
 BUDGET_MB = 512.0
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status_mb("VmRSS")
 
 
 def features(head, n: int):
@@ -114,9 +106,9 @@ def _peak_child(n: int, case: str, side: int, queue) -> None:
     with torch.no_grad():
         candidates(4)[case][side]()  # library initialisation (thread pools, kernels) is not the candidate's memory
         fn = candidates(n)[case][side]
-        base = _reset_peak()
+        base = reset_peak_rss()
         fn()
-        queue.put(_status_mb("VmHWM") - base)
+        queue.put(status_mb("VmHWM") - base)
 
 
 def peak_extra_mb(n: int, case: str, side: int) -> float:

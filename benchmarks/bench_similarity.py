@@ -17,28 +17,10 @@ import sys
 import time
 
 import torch
-from common import load_average, markdown_table, write_results
+from common import load_average, markdown_table, reset_peak_rss, status_mb, write_results
 
 ARCHS = {"vifi": "vifi-B-32", "glscl": "glscl-B-32", "ucofia": "ucofia-B-32", "norton": "norton-B-32"}
 MEMORY_CAP_GB = 8.0  # per head process, on top of what it holds after building the model
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    """Reset the peak RSS (Linux) and return the current RSS in MB."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status_mb("VmRSS")
 
 
 def _encoder_outputs(model, n_videos: int, n_texts: int, frames: int = 12, words: int = 32):
@@ -66,7 +48,7 @@ def _measure(head, tfeats, vfeats, n: int, chunk: int) -> dict[str, object]:
     from vidclip.ops.similarity import chunked_similarity
 
     t_sub, v_sub = slice_features(tfeats, 0, n), slice_features(vfeats, 0, n)
-    base = _reset_peak()
+    base = reset_peak_rss()
     start, start_cpu = time.perf_counter(), time.process_time()
     try:
         chunked_similarity(head, t_sub, v_sub, chunk, chunk)
@@ -75,7 +57,7 @@ def _measure(head, tfeats, vfeats, n: int, chunk: int) -> dict[str, object]:
     cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start
     print(f"  {n} x {n}, chunk {chunk}: {cpu:.2f} s CPU", file=sys.stderr, flush=True)
     return {"n": n, "chunk": chunk, "wall_s": wall, "cpu_s": cpu, "us_per_pair": 1e6 * cpu / (n * n),
-            "peak_extra_mb": _status_mb("VmHWM") - base}
+            "peak_extra_mb": status_mb("VmHWM") - base}
 
 
 class _Budgeted:
@@ -116,7 +98,7 @@ def _run_head(head_name: str, sizes: list[int], chunk: int, chunk_sweep: list[in
         vfeats, tfeats = head.encode_video(video), head.encode_text(text)
     del video, text
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = int((_status_mb("VmSize") + MEMORY_CAP_GB * 1024) * 2 ** 20)
+    cap = int((status_mb("VmSize") + MEMORY_CAP_GB * 1024) * 2 ** 20)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     _measure(head, tfeats, vfeats, 16, 16)  # warm-up (first-call allocations, lazy init)
     measure = _Budgeted(head, tfeats, vfeats, budget_s)
@@ -148,8 +130,8 @@ def _run_materialised(n: int, d: int, threads: int, queue) -> None:
     g = torch.Generator().manual_seed(0)
     text, frames = torch.randn(n, d, generator=g), torch.randn(n, 12, d, generator=g)
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (int((_status_mb("VmSize") + MEMORY_CAP_GB * 1024) * 2 ** 20), hard))
-    base = _reset_peak()
+    resource.setrlimit(resource.RLIMIT_AS, (int((status_mb("VmSize") + MEMORY_CAP_GB * 1024) * 2 ** 20), hard))
+    base = reset_peak_rss()
     start, start_cpu = time.perf_counter(), time.process_time()
     attn = torch.softmax(torch.einsum("td,vfd->tvf", text, frames), -1)  # (N_t, N_v, F)
     pooled = torch.einsum("tvf,vfd->tvd", attn, frames)  # (N_t, N_v, D): the materialised tensor
@@ -157,7 +139,7 @@ def _run_materialised(n: int, d: int, threads: int, queue) -> None:
     cpu, wall = time.process_time() - start_cpu, time.perf_counter() - start
     queue.put([{"head": "X-Pool-style (N_t,N_v,D)", "n": n, "chunk": n, "wall_s": wall, "cpu_s": cpu,
                 "kind": "materialised", "us_per_pair": 1e6 * cpu / (n * n),
-                "peak_extra_mb": _status_mb("VmHWM") - base}])
+                "peak_extra_mb": status_mb("VmHWM") - base}])
 
 
 def run_isolated(target, *args) -> list[dict[str, object]]:

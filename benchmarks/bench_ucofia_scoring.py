@@ -19,26 +19,17 @@ import statistics
 import sys
 
 import torch
-from common import interleaved_wall_cpu, load_average, markdown_table, pinned_to_one_core, write_results
+from common import (
+    interleaved_wall_cpu,
+    load_average,
+    markdown_table,
+    pinned_to_one_core,
+    reset_peak_rss,
+    status_mb,
+    write_results,
+)
 
 T, PATCHES, WORDS, REAL_WORDS, D, BATCH = 12, 49, 32, 12, 512, 32
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status_mb("VmRSS")
 
 
 def build(preset: str | None, n: int):
@@ -152,9 +143,9 @@ def measure(preset: str | None, n: int, rounds: int, max_block_mb: float) -> dic
         wall, cpu = interleaved_wall_cpu(fns, rounds, warmup=0)
         peaks = {}
         for name, fn in fns.items():
-            base = _reset_peak()
+            base = reset_peak_rss()
             fn()
-            peaks[name] = _status_mb("VmHWM") - base
+            peaks[name] = status_mb("VmHWM") - base
     pairs = n * n
     out = {"preset": preset or "defaults", "n": n, "rel_diff": same, "argmax_equal": ranks_equal,
            "max_block_mb": max_block_mb}

@@ -122,3 +122,25 @@ def write_results(name: str, payload: dict[str, object]) -> Path:
     payload = dict(payload, machine=machine_info(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
     path.write_text(json.dumps(payload, indent=2, default=str))
     return path
+
+
+def status_mb(key: str) -> float:
+    """A memory line of /proc/self/status (e.g. "VmRSS", "VmHWM") in MB; NaN where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def reset_peak_rss() -> float:
+    """Reset the peak RSS (Linux ``clear_refs``) and return the current RSS in MB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return status_mb("VmRSS")
