@@ -18,9 +18,11 @@ def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
     cfg = vidclip.load_config(REPO / "configs" / "demo.yaml", [
         f"demo.out_dir={tmp_path / 'demo'}", "demo.num_videos=16", "demo.num_test_videos=8", "demo.steps=6",
         "demo.recipes=[configs/synthetic_tiny_vifi.yaml,configs/synthetic_tiny_prompt_switch.yaml]",
-        "demo.search_recipe=configs/synthetic_tiny_vifi.yaml",
+        "demo.search_recipe=configs/synthetic_tiny_vifi.yaml", "demo.backbone_from=configs/synthetic_tiny_vifi.yaml",
         "demo.overrides=[train.batch_size=4,train.val_every=3,train.save_every=3]"])
     summary = run_demo(cfg)
+    backbone = tmp_path / "demo" / "backbone" / "synthetic_tiny_vifi_clip.safetensors"
+    assert backbone.is_file()  # the towers the other recipes start from: safetensors, never a pickle
     reports = summary["reports"]
     assert set(reports) == {"synthetic_tiny_vifi", "synthetic_tiny_prompt_switch"}
     for report in reports.values():

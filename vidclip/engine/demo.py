@@ -117,7 +117,10 @@ def export_clip_weights(recipe: str, overrides: List[str], checkpoint: str, path
     with torch.no_grad():
         clip.logit_scale.copy_(trained.logit_scale.detach().reshape(clip.logit_scale.shape))
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(clip.state_dict(), path)
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().clone() for k, v in clip.state_dict().items()}  # no shared storage
+    save_file(state, str(path), metadata={"format": "open_clip", "from": str(checkpoint)})
     return path
 
 
@@ -232,7 +235,7 @@ def run_demo(cfg: DictConfig, config_dir: Optional[Path] = None) -> Dict[str, An
         reports[name] = train_and_evaluate(recipe, overrides, device)
         if recipe == backbone:
             path = export_clip_weights(recipe, overrides, reports[name]["checkpoint"],
-                                       Path(demo.out_dir) / "backbone" / f"{name}_clip.pt")
+                                       Path(demo.out_dir) / "backbone" / f"{name}_clip.safetensors")
             _logger.info("CLIP towers of %s -> %s: the other recipes start from them", name, path)
             pretrained = [f"model.pretrained={path}"]
     reports = {_recipe_name(r): reports[_recipe_name(r)] for r in recipes}  # table in the listed order
