@@ -124,6 +124,54 @@ def _big(measure: _Budgeted, vfeats, tfeats, n_max: int, big_n: int, chunk: int)
     return measure(big_n, chunk, big_t, big_v)
 
 
+def _run_budget(head_name: str, preset: str | None, n: int, threads: int, queue) -> None:
+    """One head at the default memory budget (``eval.max_block_mb`` of ``EvalCfg``), as ``vidclip eval`` scores:
+    blocks planned by ``plan_chunks`` from the head's ``pair_bytes``; peak extra memory of the whole N x N call."""
+    torch.set_num_threads(threads)
+    import logging
+
+    import vidclip
+    from vidclip.config import EvalCfg
+    from vidclip.ops.similarity import chunked_similarity, plan_chunks
+
+    logging.basicConfig(level=logging.ERROR)
+    overrides = {"head": {"name": head_name, "preset": preset}} if preset else {}
+    model = vidclip.create_model(ARCHS[head_name], **overrides).eval()
+    head, budget = model.head, EvalCfg().max_block_mb
+    del model.frame_encoder, model.text_encoder
+    with torch.no_grad():
+        video, text = _encoder_outputs(model, n, n)
+        vfeats, tfeats = head.encode_video(video), head.encode_text(text)
+    del video, text
+    chunked_similarity(head, slice_features_n(tfeats, 8), slice_features_n(vfeats, 8), max_block_mb=budget)  # warm-up
+    blocks = plan_chunks(head, tfeats, vfeats, budget)
+    base = reset_peak_rss()
+    start_cpu = time.process_time()
+    chunked_similarity(head, tfeats, vfeats, max_block_mb=budget)
+    cpu = time.process_time() - start_cpu
+    queue.put([{"head": head_name, "preset": preset or "defaults", "n": n, "budget_mb": budget,
+                "blocks": f"{blocks[0]} x {blocks[1]}", "us_per_pair": 1e6 * cpu / (n * n),
+                "peak_extra_mb": status_mb("VmHWM") - base}])
+
+
+def slice_features_n(feats: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {k: v[:n] for k, v in feats.items()}
+
+
+def budget_table(n: int, threads: int) -> str:
+    """Every registered built-in head, defaults and ``reference`` preset, N x N at the default budget."""
+    rows = []
+    for head in ARCHS:
+        for preset in (None, "reference"):
+            rows += run_isolated(_run_budget, head, preset, n, threads)
+    cells = [[r["head"], r.get("preset", ""), r.get("n", ""), r.get("blocks", ""),
+              f"{r['us_per_pair']:.2f}" if "us_per_pair" in r else r.get("error", ""),
+              f"{r['peak_extra_mb']:.0f}" if "peak_extra_mb" in r else ""] for r in rows]
+    write_results("similarity_budget", {"rows": rows})
+    return markdown_table(["head", "setting", "N_t = N_v", "blocks (planned)", "CPU µs / pair", "peak extra MB"],
+                          cells)
+
+
 def _run_materialised(n: int, d: int, threads: int, queue) -> None:
     """X-Pool style: a text-conditioned video embedding per (text, video) pair, (N_t, N_v, D) fp32 at once."""
     torch.set_num_threads(threads)
@@ -164,7 +212,16 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--chunk", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable under background load)")
+    parser.add_argument("--budget", type=int, metavar="N", default=0,
+                        help="only the memory-budget table: every head at N x N with the default eval.max_block_mb")
     args = parser.parse_args(argv)
+    if args.budget:
+        from vidclip.config import EvalCfg
+
+        print(f"## Peak extra memory at the default budget (eval.max_block_mb={EvalCfg().max_block_mb:.0f}), "
+              f"ViT-B/32-shaped features, {args.threads} torch thread(s); load avg {load_average()}\n")
+        print(budget_table(args.budget, args.threads))
+        return 0
     sizes = [250, 500, 1000]
     sweep = [100] if args.quick else [50, 100, 500]  # at N = 500
     unchunked_n = 500 if args.quick else 1000

@@ -347,11 +347,26 @@ def test_presets_resolve_to_constructor_kwargs():
 
 
 # ------------------------------------------------------------------------------------------ inference fast path
+def naive_patch_word(head, text_feats, video_feats):
+    """The patch-word level pair by pair over each pair's real word and pixel slots (methods.md §4.1.3)."""
+    tau, words, pixels = head.tau, text_feats["words"], video_feats["pixels"]
+    out = torch.zeros(len(words), len(pixels), dtype=words.dtype)
+    for t in range(len(words)):
+        w = words[t][text_feats["word_mask"][t].bool()]  # (L', D)
+        for j in range(len(pixels)):
+            a = w @ pixels[j][video_feats["pixel_mask"][j].bool()].t()  # (L', P')
+            lw, lp = a.shape
+            u = torch.stack([naive_isa(a[:, q], head.w_word[:lw, :lw], tau) for q in range(lp)])
+            r = torch.stack([naive_isa(a[i], head.w_pixel[:lp, :lp], tau) for i in range(lw)])
+            out[t, j] = 0.5 * (naive_isa(u, head.w_pixel2[:lp, :lp], tau) + naive_isa(r, head.w_word2[:lw, :lw], tau))
+    return out
+
+
 @pytest.mark.parametrize("preset", [None, "reference"])
 def test_inference_patch_word_equals_the_straightforward_computation(monkeypatch, preset):
-    """No autograd: trailing padding slots dropped, texts in micro-blocks, in-place ISA; equal (float64) to the
-    masked computation over every slot with autograd, for ragged words, padded frames, an all-padding tail and
-    micro-block boundaries that do not divide the block."""
+    """Trailing padding slots dropped, one (texts, words, videos, pixels) layout, cache-sized tiles without autograd:
+    equal (float64) to the pair-by-pair ISA over each pair's real slots, for ragged words, padded frames, an
+    all-padding tail and tile boundaries that do not divide the block, with and without autograd."""
     import vidclip.heads.ucofia as ucofia
 
     kwargs = dict(UCoFiAHead.PRESETS[preset]) if preset else {}
@@ -365,13 +380,16 @@ def test_inference_patch_word_equals_the_straightforward_computation(monkeypatch
     text = TextEncoderOutput(text.pooled.double(), text.tokens.double(), text.mask)
     with torch.no_grad():
         t, v = head.encode_text(text), head.encode_video(video)
-    with torch.enable_grad():
-        straight = head._patch_word_block(t["words"], t["word_mask"], v["pixels"], v["pixel_mask"])
-    for elements in (1, 3 * 11 * v["pixels"].shape[1] + 1, 1 << 20):  # one text, a ragged split, one block
-        monkeypatch.setattr(ucofia, "PW_BLOCK_ELEMENTS", elements)
+    straight = naive_patch_word(head, t, v)
+    with torch.enable_grad():  # the autograd path: one block, no tiles
+        assert torch.allclose(head.patch_word(t, v).detach(), straight, rtol=1e-12, atol=1e-12)
+    words, pixels = 11, v["pixels"].shape[1]
+    for rows, cols in ((1, 1), (2 * words + 1, 3 * pixels - 1), (1 << 12, 1 << 12)):  # 1 x 1 pairs, ragged, 1 tile
+        monkeypatch.setattr(ucofia, "PW_TILE_TEXT_ROWS", rows)
+        monkeypatch.setattr(ucofia, "PW_TILE_PIXEL_COLS", cols)
         with torch.no_grad():
             fast = head.patch_word(t, v)
-        assert torch.allclose(fast, straight.detach(), rtol=1e-12, atol=1e-12), elements
+        assert torch.allclose(fast, straight, rtol=1e-12, atol=1e-12), (rows, cols)
     with torch.no_grad():
         full = head.similarity(t, v)
         assert torch.allclose(chunked_similarity(head, t, v, 3, 2, out_dtype=torch.float64), full, rtol=1e-12,

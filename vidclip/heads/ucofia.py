@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..ops.numerics import flush_denormals
 from ..registry import HEADS
 from .base import Features, Head, TextEncoderOutput, VideoEncoderOutput, l2_normalize, masked_mean
 
@@ -46,8 +47,9 @@ EVAL_TOPK_MODES = ("hard", "perturbed")
 TOPK_GRADS = ("full", "diagonal")
 SCORERS = ("lg", "video_global")
 REFERENCE_LOGIT_SCALE = 100.0  # exp(logit_scale) of OpenAI CLIP, which the reference keeps (clip lr 1e-7, clamp 100)
-PW_BLOCK_ELEMENTS = 1 << 20  # word x pixel similarities per patch-word micro-block at inference (4 MB in fp32)
-PW_LIVE_TENSORS = 6  # (N_t, N_v, L, P)-sized tensors alive at once in the patch-word path
+PW_TILE_TEXT_ROWS = 256  # word rows (texts x word slots) of one patch-word tile at inference
+PW_TILE_PIXEL_COLS = 768  # pixel columns (videos x pixel slots) of one tile: 256 x 768 sims = 0.75 MB in fp32
+PW_LIVE_TENSORS = 4  # tile-sized tensors alive at once in the patch-word path
 
 _REFERENCE = dict(top_k=3, num_samples=500, sigma=0.05, tau=0.01, eval_topk="perturbed", topk_grad="diagonal",
                   scorer="lg", scorer_bias=False, scorer_init_std=0.02, mask_padding_frames=False,
@@ -311,37 +313,65 @@ class UCoFiAHead(Head):
         """(N_t, N_v) patch-word level (two-way ISA over the word x pixel similarity matrix of every pair).
 
         Word / pixel slots that are padding in every row of the block are dropped first (exact: masked slots take no
-        weight, and the ISA of K slots uses the leading K x K block of each matrix); without autograd the texts run
-        in micro-blocks of about ``PW_BLOCK_ELEMENTS`` similarities: cache-sized, the way the reference scores 32 x 32
-        batches (a 256 x 256 block's intermediates run out of cache and are 2-3x slower per pair), and memory bounded
-        by the micro-block rather than the block.
+        weight, and the ISA of K slots uses the leading K x K block of each matrix). Without autograd the block runs
+        in cache-sized tiles of about ``PW_TILE_TEXT_ROWS`` word rows x ``PW_TILE_PIXEL_COLS`` pixel columns (a
+        256 x 256 block's intermediates run out of cache and are 2-3x slower per pair), so memory is bounded by a
+        tile rather than the block. Subnormal exponentials are flushed to zero on the CPU (:func:`flush_denormals`).
         """
         words, word_mask = _trim_padding(_wide(text_feats["words"]), _mask_or_none(text_feats["word_mask"]))
         pixels, pixel_mask = _trim_padding(_wide(video_feats["pixels"]), _mask_or_none(video_feats["pixel_mask"]))
-        step = len(words)
-        if not torch.is_grad_enabled():
-            step = max(1, PW_BLOCK_ELEMENTS // max(1, words.shape[1] * pixels.shape[0] * pixels.shape[1]))
-        parts = [self._patch_word_block(words[i:i + step], None if word_mask is None else word_mask[i:i + step],
-                                        pixels, pixel_mask) for i in range(0, len(words), step)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        with flush_denormals(words.device):
+            if torch.is_grad_enabled():
+                return self._patch_word_block(words, word_mask, pixels, pixel_mask)
+            return self._patch_word_tiles(words, word_mask, pixels, pixel_mask)
+
+    def _patch_word_tiles(self, words: torch.Tensor, word_mask: torch.Tensor | None, pixels: torch.Tensor,
+                          pixel_mask: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`_patch_word_block` tile by tile into one (N_t, N_v) matrix (inference)."""
+        text_step = max(1, PW_TILE_TEXT_ROWS // words.shape[1])
+        video_step = max(1, PW_TILE_PIXEL_COLS // pixels.shape[1])
+        out = words.new_empty(len(words), len(pixels))  # (Nt, Nv)
+        for i in range(0, len(words), text_step):
+            wm = None if word_mask is None else word_mask[i:i + text_step]
+            for j in range(0, len(pixels), video_step):
+                pm = None if pixel_mask is None else pixel_mask[j:j + video_step]
+                out[i:i + text_step, j:j + video_step] = self._patch_word_block(
+                    words[i:i + text_step], wm, pixels[j:j + video_step], pm)
+        return out
 
     def _patch_word_block(self, words: torch.Tensor, word_mask: torch.Tensor | None, pixels: torch.Tensor,
                           pixel_mask: torch.Tensor | None) -> torch.Tensor:
-        """:meth:`patch_word` of words (Nt, L, D) x pixels (Nv, P, D) with their masks (None = all real)."""
-        sims = torch.einsum("tjd,vmd->tvjm", words, pixels)  # (Nt, Nv, L, P)
-        wm = None if word_mask is None else word_mask[:, None, :]  # (Nt, 1, L)
-        pm = None if pixel_mask is None else pixel_mask[None, :, :]  # (1, Nv, P)
-        over_words = isa(sims.transpose(-1, -2), self.w_word, None if wm is None else wm[:, :, None, :],
-                         self.tau)  # (Nt, Nv, P)
-        over_pixels = isa(sims, self.w_pixel, None if pm is None else pm[:, :, None, :], self.tau)  # (Nt, Nv, L)
-        pixel_level = isa(over_words, self.w_pixel2, pm, self.tau)  # (Nt, Nv)
-        word_level = isa(over_pixels, self.w_word2, wm, self.tau)  # (Nt, Nv)
+        """:meth:`patch_word` of words (Nt, L, D) x pixels (Nv, P, D) with their masks (None = all real).
+
+        One layout for both directions, the GEMM's own ``(Nt, L, Nv, P)``: the pixel-wise ISA runs over the last dim,
+        the word-wise ISA over dim 1 (its matrix applied from the left), so nothing is transposed or copied; ``1/τ``
+        is folded into the words and the ISA matrices (``s/τ`` is what every softmax reads).
+        """
+        tau = self.tau
+        nt, nl, d = words.shape
+        nv, npx, _ = pixels.shape
+        with torch.autocast(device_type=words.device.type, enabled=False):
+            scaled = ((words / tau).reshape(nt * nl, d) @ pixels.reshape(nv * npx, d).t()).view(nt, nl, nv, npx)
+            wm = None if word_mask is None else word_mask[:, :, None, None]  # (Nt, L, 1, 1)
+            pm = None if pixel_mask is None else pixel_mask[None, None]  # (1, 1, Nv, P)
+            w_pixel = self.w_pixel[:npx, :npx].to(scaled.dtype) / tau
+            w_word_t = self.w_word[:nl, :nl].to(scaled.dtype).t() / tau
+            first = masked_softmax(scaled, pm, -1)  # (Nt, L, Nv, P) over pixels
+            second = masked_softmax(first @ w_pixel, pm, -1)  # (Nt, L, Nv, P)
+            over_pixels = tau * (second * scaled).sum(-1)  # (Nt, L, Nv)
+            first = masked_softmax(scaled, wm, 1)  # (Nt, L, Nv, P) over words
+            mixed = torch.matmul(w_word_t, first.view(nt, nl, nv * npx)).view(nt, nl, nv, npx)  # (Nt, L, Nv, P)
+            second = masked_softmax(mixed, wm, 1)  # (Nt, L, Nv, P)
+            over_words = tau * (second * scaled).sum(1)  # (Nt, Nv, P)
+        pixel_level = isa(over_words, self.w_pixel2, None if pm is None else pm[0], tau)  # (Nt, Nv)
+        word_level = isa(over_pixels.transpose(1, 2), self.w_word2,
+                         None if wm is None else wm[:, None, :, 0, 0], tau)  # (Nt, Nv)
         return 0.5 * (pixel_level + word_level)
 
     def pair_bytes(self, text_feats: Features, video_feats: Features) -> int:
         """Estimated inference bytes per (text, video) pair of a block (the memory budget of ``chunked_similarity``):
         the sentence-frame intermediates and the levels. The patch-word intermediates do not grow with the block:
-        micro-blocks bound them to about ``PW_LIVE_TENSORS * PW_BLOCK_ELEMENTS * 4`` bytes (24 MB)."""
+        tiles bound them to about ``PW_LIVE_TENSORS * PW_TILE_TEXT_ROWS * PW_TILE_PIXEL_COLS * 4`` bytes (3 MB)."""
         return 4 * (4 * video_feats["frames"].shape[1] + 8)
 
     def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:

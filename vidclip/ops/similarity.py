@@ -13,6 +13,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from ..features import Features, num_rows, slice_features
+from .numerics import flush_denormals
 
 
 _logger = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def _assemble(score: Callable, text_feats: Features, video_feats: Features, text
     shape = (num_rows(text_feats), num_rows(video_feats))
     out = torch.empty(shape, dtype=out_dtype) if levels is None else levels
     for rows, cols, t_block, v_block in iter_blocks(text_feats, video_feats, text_chunk, video_chunk, device):
-        block = score(t_block, v_block)
+        with flush_denormals(next(iter(t_block.values())).device):
+            block = score(t_block, v_block)
         if levels is None:
             out[rows, cols] = block.to("cpu", out_dtype)
             continue
