@@ -97,6 +97,30 @@ def test_optimizer_is_adamw_with_config_values():
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(TinyModel().parameters()))
+    assert opt.defaults["fused"] is True  # every parameter is a float tensor on the CPU
+
+
+def test_fused_adamw_steps_like_the_textbook_update():
+    """The fused kernel gives the AdamW update written out (decoupled decay, bias correction), float64."""
+    torch.manual_seed(0)
+    model = TinyModel().double()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = create_optimizer(model, _train_cfg())
+    grads = [{n: torch.randn_like(p) for n, p in model.named_parameters()} for _ in range(3)]
+    for g in grads:
+        for n, p in model.named_parameters():
+            p.grad = g[n].clone()
+        opt.step()
+    lr_of = {n: (grp["lr"], grp["weight_decay"]) for grp in opt.param_groups for n in grp["param_names"]}
+    (b1, b2), eps = opt.defaults["betas"], opt.defaults["eps"]
+    for n, p in model.named_parameters():
+        lr, wd = lr_of[n]
+        x, m, v = start[n].clone(), torch.zeros_like(p), torch.zeros_like(p)
+        for t, g in enumerate(grads, 1):
+            x = x * (1 - lr * wd)
+            m, v = b1 * m + (1 - b1) * g[n], b2 * v + (1 - b2) * g[n] ** 2
+            x = x - lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+        assert torch.allclose(p.detach(), x, rtol=1e-10, atol=1e-12), n
 
 
 @pytest.mark.parametrize("step, expected", [
