@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import vidclip
 from vidclip.engine.demo import run_demo
@@ -18,11 +19,15 @@ def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
     cfg = vidclip.load_config(REPO / "configs" / "demo.yaml", [
         f"demo.out_dir={tmp_path / 'demo'}", "demo.num_videos=16", "demo.num_test_videos=8", "demo.steps=6",
         "demo.recipes=[configs/synthetic_tiny_vifi.yaml,configs/synthetic_tiny_prompt_switch.yaml]",
-        "demo.search_recipe=configs/synthetic_tiny_vifi.yaml", "demo.backbone_from=configs/synthetic_tiny_vifi.yaml",
+        "demo.search_recipe=configs/synthetic_tiny_vifi.yaml",
+        "demo.backbone_from=configs/synthetic_tiny_seqtransf.yaml", "demo.backbone_steps=4",
         "demo.overrides=[train.batch_size=4,train.val_every=3,train.save_every=3]"])
     summary = run_demo(cfg)
-    backbone = tmp_path / "demo" / "backbone" / "synthetic_tiny_vifi_clip.safetensors"
-    assert backbone.is_file()  # the towers the other recipes start from: safetensors, never a pickle
+    backbone = tmp_path / "demo" / "backbone" / "backbone_synthetic_tiny_seqtransf.safetensors"
+    assert backbone.is_file()  # the towers every recipe starts from: safetensors, never a pickle
+    state = json.loads((tmp_path / "demo" / "runs" / "backbone_synthetic_tiny_seqtransf" / "checkpoints" / "step_4"
+                        / "trainer_state.json").read_text())
+    assert state["step"] == 4  # demo.backbone_steps, not demo.steps
     reports = summary["reports"]
     assert set(reports) == {"synthetic_tiny_vifi", "synthetic_tiny_prompt_switch"}
     for report in reports.values():
@@ -51,3 +56,25 @@ def test_console_logging_hides_faiss_build_probing():
     assert logging.getLogger("vidclip").isEnabledFor(logging.INFO)
     assert not logging.getLogger("faiss.loader").isEnabledFor(logging.INFO)
     assert logging.getLogger("faiss.loader").isEnabledFor(logging.WARNING)
+
+
+def test_shipped_demo_recipes_build_and_train_one_step_with_the_demo_overrides():
+    """Every recipe of configs/demo.yaml (and its backbone) with demo.overrides: the model builds and one training
+    step runs on frames of the data config's size (the smaller patches and context of the demo fit every head)."""
+    from vidclip.engine.demo import resolve_recipe
+    from vidclip.objective import build_objective
+    from vidclip.tokenizer import tokenize
+
+    demo_cfg = vidclip.load_config(REPO / "configs" / "demo.yaml").demo
+    recipes = {resolve_recipe(r, REPO / "configs") for r in [*demo_cfg.recipes, demo_cfg.backbone_from]}
+    assert demo_cfg.backbone_steps and demo_cfg.backbone_from
+    for recipe in sorted(recipes):
+        cfg = vidclip.load_config(recipe, list(demo_cfg.overrides))
+        model = vidclip.create_model(cfg.model).train()
+        size, frames = cfg.data.image_size, cfg.data.num_frames
+        batch = {"video": torch.randn(4, frames, 3, size, size), "video_mask": torch.ones(4, frames, dtype=torch.bool),
+                 "text_tokens": tokenize(["a red circle moves to the left"] * 4, cfg.model.context_length)}
+        loss = build_objective(model, cfg.train.loss)(model, batch, None)
+        loss = loss["loss"] if isinstance(loss, dict) else loss
+        loss.backward()
+        assert torch.isfinite(loss), recipe

@@ -1,5 +1,6 @@
 """create_model / list_models: architecture files, random init of every config, and every kind of `pretrained`."""
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -187,3 +188,19 @@ def test_offline_tag_explains_how_to_get_the_weights(tmp_path, monkeypatch):
     message = str(info.value)
     assert "open_clip.create_model('ViT-B-32', pretrained='openai')" in message
     assert "local path" in message and "Hugging Face cache" in message
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_init_logit_scale_sets_a_random_clip_start_and_is_checked():
+    from vidclip.config import load_config
+    from vidclip.errors import ConfigError
+
+    cfg = load_config(REPO / "configs" / "synthetic_tiny_vifi.yaml", ["model.clip.init_logit_scale=50"])
+    model = vidclip.create_model(cfg.model)
+    assert float(model.logit_scale.detach().exp()) == pytest.approx(50.0, rel=1e-6)
+    assert float(vidclip.create_model("tiny-vifi").logit_scale.detach().exp()) == pytest.approx(1 / 0.07, rel=1e-6)
+    with pytest.raises(ConfigError, match="init_logit_scale"):
+        vidclip.create_model(load_config(REPO / "configs" / "synthetic_tiny_vifi.yaml",
+                                          ["model.clip.init_logit_scale=0"]).model)

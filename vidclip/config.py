@@ -35,6 +35,8 @@ class ClipCfg:
     # pretrained tag's own flag (openai, laion400m_*, metaclip_*: QuickGELU; laion2b_*, datacomp_*: GELU), a
     # '-quickgelu' architecture name, OpenAI JIT archives (QuickGELU), else the open_clip architecture config.
     quick_gelu: Optional[bool] = None  # True = QuickGELU, False = GELU: explicit override
+    # exp(logit_scale) of a randomly initialised CLIP (None: open_clip's 1/0.07); pretrained weights bring their own
+    init_logit_scale: Optional[float] = None
 
 
 @dataclass
@@ -205,9 +207,11 @@ class DemoCfg:
     queries: List[str] = field(default_factory=list)  # text queries run through tools/search.py
     workers: int = 2  # processes writing the synthetic clips and decoding them into the frame cache
     frame_cache: bool = True  # decode every clip once into <out_dir>/frame_cache (data.frame_cache of every recipe)
-    # Recipe (one of demo.recipes; trained first) whose trained CLIP towers start every other recipe
-    # (model.pretrained), as pretrained CLIP weights start the real recipes. None: every recipe from scratch
+    # Recipe trained first, on its own (not a row of the table), for demo.backbone_steps; its trained CLIP towers
+    # start every recipe of demo.recipes (model.pretrained), as pretrained CLIP weights start the real recipes.
+    # None: every recipe from scratch
     backbone_from: Optional[str] = None
+    backbone_steps: Optional[int] = None  # optimiser steps of the backbone run (None: demo.steps)
 
 
 @dataclass

@@ -3,8 +3,10 @@
 1. writes the synthetic dataset (real mp4 files, unified JSONL lists; ``demo.workers`` processes) unless
    ``demo.data_dir`` points at lists, and with ``demo.frame_cache`` decodes every clip once into
    ``<out_dir>/frame_cache`` (the recipes' ``data.frame_cache``; ``demo.workers`` DataLoader workers);
-2. trains every recipe in ``demo.recipes`` with the same training function ``tools/train.py`` runs (recipe paths:
-   as given, else next to the demo config, else among the packaged configs, see :func:`resolve_recipe`);
+2. with ``demo.backbone_from``, trains that recipe first on its own for ``demo.backbone_steps`` (the tiny towers'
+   "pretraining") and exports its CLIP towers, which then start every recipe (``model.pretrained``);
+   then trains every recipe in ``demo.recipes`` with the same training function ``tools/train.py`` runs (recipe
+   paths: as given, else next to the demo config, else among the packaged configs, see :func:`resolve_recipe`);
 3. evaluates each on the test split with the real metrics, plus accuracy on the motion-direction queries that need
    frame order (each test video has a twin with the reverse motion);
 4. extracts embeddings of the test videos with ``demo.search_recipe``'s model and runs ``demo.queries`` through the
@@ -194,14 +196,27 @@ def results_table(reports: Dict[str, Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _backbone_recipe(demo: DictConfig, recipes: List[str], config_dir: Optional[Path]) -> Optional[str]:
+def train_backbone(demo: DictConfig, data_dir: Path, config_dir: Optional[Path]) -> List[str]:
+    """Train ``demo.backbone_from`` for ``demo.backbone_steps`` and export its CLIP towers; returns the override that
+    starts a recipe from them (empty without a backbone)."""
+    from .checkpoint import find_latest
+    from .train import train
+
     if not demo.backbone_from:
-        return None
-    backbone = resolve_recipe(demo.backbone_from, config_dir)
-    if _recipe_name(backbone) not in {_recipe_name(r) for r in recipes}:
-        raise ConfigError(f"demo.backbone_from={demo.backbone_from} is not among demo.recipes: list it there too "
-                          "(it is trained first) or set demo.backbone_from=null")
-    return next(r for r in recipes if _recipe_name(r) == _recipe_name(backbone))
+        return []
+    recipe = resolve_recipe(demo.backbone_from, config_dir)
+    name = f"backbone_{_recipe_name(recipe)}"
+    _logger.info("=== %s (the CLIP towers every recipe starts from) ===", name)
+    overrides = recipe_overrides(demo, data_dir, Path(demo.out_dir) / "runs" / name)
+    if demo.backbone_steps:
+        overrides.append(f"train.max_steps={demo.backbone_steps}")
+    fill_frame_cache(recipe, overrides, demo.workers)
+    cfg = load_config(recipe, overrides)
+    train(cfg)
+    checkpoint = str(find_latest(cfg.train.output_dir))
+    path = export_clip_weights(recipe, overrides, checkpoint, Path(demo.out_dir) / "backbone" / f"{name}.safetensors")
+    _logger.info("CLIP towers of %s -> %s: every recipe starts from them", name, path)
+    return [f"model.pretrained={path}"]
 
 
 def run_demo(cfg: DictConfig, config_dir: Optional[Path] = None) -> Dict[str, Any]:
@@ -221,24 +236,18 @@ def run_demo(cfg: DictConfig, config_dir: Optional[Path] = None) -> Dict[str, An
         if search not in {_recipe_name(r) for r in recipes}:
             raise ConfigError(f"demo.search_recipe={demo.search_recipe} is not among demo.recipes: the search uses "
                               "that recipe's trained model, so list it there too (or set demo.queries=[])")
-    backbone = _backbone_recipe(demo, recipes, config_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.time()
     data_dir = prepare_data(demo, cfg.train.seed)
-    reports, pretrained = {}, []
-    for recipe in sorted(recipes, key=lambda r: r != backbone):  # the backbone recipe first
+    pretrained = train_backbone(demo, data_dir, config_dir)
+    reports = {}
+    for recipe in recipes:
         name = _recipe_name(recipe)
         _logger.info("=== %s ===", name)
         run_dir = Path(demo.out_dir) / "runs" / name
         overrides = recipe_overrides(demo, data_dir, run_dir) + pretrained
         fill_frame_cache(recipe, overrides, demo.workers)
         reports[name] = train_and_evaluate(recipe, overrides, device)
-        if recipe == backbone:
-            path = export_clip_weights(recipe, overrides, reports[name]["checkpoint"],
-                                       Path(demo.out_dir) / "backbone" / f"{name}_clip.safetensors")
-            _logger.info("CLIP towers of %s -> %s: the other recipes start from them", name, path)
-            pretrained = [f"model.pretrained={path}"]
-    reports = {_recipe_name(r): reports[_recipe_name(r)] for r in recipes}  # table in the listed order
     search = run_search(demo, data_dir, device, config_dir) if demo.queries else None
     out = Path(demo.out_dir)
     table = results_table(reports)

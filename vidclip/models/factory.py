@@ -19,6 +19,7 @@ set (:func:`resolve_activation`); the model's ``cfg.clip.quick_gelu`` holds the 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Union
 
@@ -146,14 +147,23 @@ def build_clip(clip_cfg) -> nn.Module:
     if clip_cfg.vision_cfg is not None or clip_cfg.text_cfg is not None:
         if clip_cfg.vision_cfg is None or clip_cfg.text_cfg is None or clip_cfg.embed_dim is None:
             raise ConfigError("an inline CLIP architecture needs model.clip.embed_dim, vision_cfg and text_cfg")
-        return open_clip.CLIP(embed_dim=int(clip_cfg.embed_dim),
+        clip = open_clip.CLIP(embed_dim=int(clip_cfg.embed_dim),
                               vision_cfg=OmegaConf.to_container(clip_cfg.vision_cfg, resolve=True),
                               text_cfg=OmegaConf.to_container(clip_cfg.text_cfg, resolve=True),
                               quick_gelu=quick_gelu)
-    if clip_cfg.model_name not in open_clip.list_models():
+    elif clip_cfg.model_name not in open_clip.list_models():
         raise ConfigError(f"unknown open_clip architecture '{clip_cfg.model_name}' (key model.clip.model_name). "
                           "See open_clip.list_models()")
-    return open_clip.create_model(clip_cfg.model_name, pretrained=None, quick_gelu=quick_gelu)
+    else:
+        clip = open_clip.create_model(clip_cfg.model_name, pretrained=None, quick_gelu=quick_gelu)
+    init_scale = getattr(clip_cfg, "init_logit_scale", None)
+    if init_scale is not None:
+        if init_scale <= 0:
+            raise ConfigError(f"model.clip.init_logit_scale={init_scale}: give exp(logit_scale), a positive number "
+                              "(open_clip's default is 1/0.07 = 14.3)")
+        with torch.no_grad():
+            clip.logit_scale.fill_(math.log(init_scale))
+    return clip
 
 
 def _download_instructions(model_name: str, tag: str) -> str:
