@@ -132,6 +132,7 @@ def _run_budget(head_name: str, preset: str | None, n: int, threads: int, queue)
 
     import vidclip
     from vidclip.config import EvalCfg
+    from vidclip.features import slice_features
     from vidclip.ops.similarity import chunked_similarity, plan_chunks
 
     logging.basicConfig(level=logging.ERROR)
@@ -143,7 +144,7 @@ def _run_budget(head_name: str, preset: str | None, n: int, threads: int, queue)
         video, text = _encoder_outputs(model, n, n)
         vfeats, tfeats = head.encode_video(video), head.encode_text(text)
     del video, text
-    chunked_similarity(head, slice_features_n(tfeats, 8), slice_features_n(vfeats, 8), max_block_mb=budget)  # warm-up
+    chunked_similarity(head, slice_features(tfeats, 0, 8), slice_features(vfeats, 0, 8), max_block_mb=budget)  # warm-up
     blocks = plan_chunks(head, tfeats, vfeats, budget)
     base = reset_peak_rss()
     start_cpu = time.process_time()
@@ -152,10 +153,6 @@ def _run_budget(head_name: str, preset: str | None, n: int, threads: int, queue)
     queue.put([{"head": head_name, "preset": preset or "defaults", "n": n, "budget_mb": budget,
                 "blocks": f"{blocks[0]} x {blocks[1]}", "us_per_pair": 1e6 * cpu / (n * n),
                 "peak_extra_mb": status_mb("VmHWM") - base}])
-
-
-def slice_features_n(feats: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
-    return {k: v[:n] for k, v in feats.items()}
 
 
 def budget_table(n: int, threads: int) -> str:

@@ -49,7 +49,6 @@ SCORERS = ("lg", "video_global")
 REFERENCE_LOGIT_SCALE = 100.0  # exp(logit_scale) of OpenAI CLIP, which the reference keeps (clip lr 1e-7, clamp 100)
 PW_TILE_TEXT_ROWS = 256  # word rows (texts x word slots) of one patch-word tile at inference
 PW_TILE_PIXEL_COLS = 768  # pixel columns (videos x pixel slots) of one tile: 256 x 768 sims = 0.75 MB in fp32
-PW_LIVE_TENSORS = 4  # tile-sized tensors alive at once in the patch-word path
 
 _REFERENCE = dict(top_k=3, num_samples=500, sigma=0.05, tau=0.01, eval_topk="perturbed", topk_grad="diagonal",
                   scorer="lg", scorer_bias=False, scorer_init_std=0.02, mask_padding_frames=False,
@@ -371,7 +370,7 @@ class UCoFiAHead(Head):
     def pair_bytes(self, text_feats: Features, video_feats: Features) -> int:
         """Estimated inference bytes per (text, video) pair of a block (the memory budget of ``chunked_similarity``):
         the sentence-frame intermediates and the levels. The patch-word intermediates do not grow with the block:
-        tiles bound them to about ``PW_LIVE_TENSORS * PW_TILE_TEXT_ROWS * PW_TILE_PIXEL_COLS * 4`` bytes (3 MB)."""
+        tiles bound them to a few tile-sized tensors (``PW_TILE_TEXT_ROWS * PW_TILE_PIXEL_COLS * 4`` bytes each)."""
         return 4 * (4 * video_feats["frames"].shape[1] + 8)
 
     def similarity(self, text_feats: Features, video_feats: Features) -> torch.Tensor:
