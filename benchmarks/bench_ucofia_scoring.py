@@ -160,12 +160,38 @@ def measure(preset: str | None, n: int, rounds: int, max_block_mb: float) -> dic
     return out
 
 
+def training_scoring_ms(preset: str | None, batch: int, rounds: int = 5) -> float:
+    """Best-of-``rounds`` CPU ms of the training-time B x B similarity, forward + backward, from encoded features
+    (train mode, autograd: one tile)."""
+    import time
+
+    head, _, video, text = build(preset, batch)
+    head.train()
+    torch.manual_seed(3)
+    vf = {k: x.detach().requires_grad_(x.is_floating_point()) for k, x in head.encode_video(video).items()}
+    tf = {k: x.detach().requires_grad_(x.is_floating_point()) for k, x in head.encode_text(text).items()}
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        head.similarity(tf, vf).logsumexp(1).sum().backward()
+        best = min(best, time.process_time() - start)
+    return 1e3 * best
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=250)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-block-mb", type=float, default=512.0)
+    parser.add_argument("--train-batch", type=int, default=0, metavar="B",
+                        help="only the training-time B x B scoring (forward + backward, ms) of both settings")
     args = parser.parse_args(argv)
+    if args.train_batch:
+        with pinned_to_one_core(1):
+            for preset in ("reference", None):
+                print(f"{preset or 'defaults'}: B={args.train_batch} forward + backward "
+                      f"{training_scoring_ms(preset, args.train_batch):.0f} ms")
+        return 0
     rows, results = [], []
     with pinned_to_one_core(1):
         for preset in ("reference", None):
