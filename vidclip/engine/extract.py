@@ -444,16 +444,20 @@ def create_model_seeded(model_cfg, pretrained: str | None, seed: int | None):
 
 
 # ------------------------------------------------------------------------------------------------------ driver
-def _prepare_out(out: Path, resume: bool, overwrite: bool, identity: dict[str, object], is_main: bool) -> None:
-    """Refuse an existing extraction without --resume/--overwrite, or one made differently; then probe a write."""
+def _check_out(out: Path, resume: bool, overwrite: bool, identity: dict[str, object]) -> bool:
+    """Refuse an existing extraction without --resume/--overwrite, or one made differently (read-only, so every
+    process checks and all of them stop together); returns whether ``out`` holds an extraction."""
     exists = any((out / name).exists() for name in (MANIFEST, SHARD_DIR, MODEL_JSON))
     if exists and not (resume or overwrite):
         raise IntegrityError(f"{out} already holds an extraction: pass --resume to continue it, --overwrite to "
                              "replace it, or choose a new --out")
     if exists and resume and not overwrite:
-        check_resume_identity(out, identity)  # read-only: every process checks, so all of them stop together
-    if not is_main:
-        return
+        check_resume_identity(out, identity)
+    return exists
+
+
+def _init_out(out: Path, exists: bool, overwrite: bool) -> None:
+    """Main process: discard an extraction being overwritten, create the shard folder and probe a write."""
     if exists and overwrite:
         _discard(out)
     try:
@@ -487,8 +491,11 @@ def run_extraction(cfg: DictConfig, model, videos: str, out: Path, resume: bool,
     ranges = shard_ranges(len(records), cfg.extract.shard_size)
     identity = extraction_identity(cfg, model, records, root, checkpoint, random_init_seed)
     info = dict(model.model_info(), checkpoint=checkpoint, videos_root=root, identity=identity)
-    _prepare_out(out, resume, overwrite, identity, is_main)
+    exists = _check_out(out, resume, overwrite, identity)
+    if accelerator:
+        accelerator.wait_for_everyone()  # every process has looked at ``out`` before the main one writes to it
     if is_main:
+        _init_out(out, exists, overwrite)
         for stale in (out / SHARD_DIR).glob(".*.tmp"):  # what a killed run was writing: never complete
             stale.unlink()
         save_config(cfg, out)
