@@ -21,13 +21,20 @@ def test_reduced_demo_end_to_end(tmp_path, monkeypatch):
         "demo.recipes=[configs/synthetic_tiny_vifi.yaml,configs/synthetic_tiny_prompt_switch.yaml]",
         "demo.search_recipe=configs/synthetic_tiny_vifi.yaml",
         "demo.backbone_from=configs/synthetic_tiny_seqtransf.yaml", "demo.backbone_steps=4",
-        "demo.overrides=[train.batch_size=4,train.val_every=3,train.save_every=3]"])
+        "demo.overrides=[train.batch_size=4,train.val_every=3,train.save_every=3,'train.freeze_towers=[text]']",
+        "demo.finetune_overrides=[train.clip_lr=3e-4]"])
     summary = run_demo(cfg)
     backbone = tmp_path / "demo" / "backbone" / "backbone_synthetic_tiny_seqtransf.safetensors"
     assert backbone.is_file()  # the towers every recipe starts from: safetensors, never a pickle
     state = json.loads((tmp_path / "demo" / "runs" / "backbone_synthetic_tiny_seqtransf" / "checkpoints" / "step_4"
                         / "trainer_state.json").read_text())
     assert state["step"] == 4  # demo.backbone_steps, not demo.steps
+    runs = tmp_path / "demo" / "runs"
+    backbone_cfg = vidclip.load_config(runs / "backbone_synthetic_tiny_seqtransf" / "config.yaml")
+    recipe_cfg = vidclip.load_config(runs / "synthetic_tiny_vifi" / "config.yaml")
+    assert backbone_cfg.train.clip_lr == 2e-3 and recipe_cfg.train.clip_lr == 3e-4  # finetune_overrides: recipes only
+    assert list(backbone_cfg.train.freeze_towers) == list(recipe_cfg.train.freeze_towers) == ["text"]
+    assert recipe_cfg.model.pretrained == str(backbone)
     reports = summary["reports"]
     assert set(reports) == {"synthetic_tiny_vifi", "synthetic_tiny_prompt_switch"}
     for report in reports.values():
@@ -59,7 +66,8 @@ def test_console_logging_hides_faiss_build_probing():
 
 
 def test_shipped_demo_recipes_build_and_train_one_step_with_the_demo_overrides():
-    """Every recipe of configs/demo.yaml (and its backbone) with demo.overrides: the model builds and one training
+    """Every recipe of configs/demo.yaml (and its backbone) with demo.overrides (and the recipes with
+    demo.finetune_overrides): the model builds and one training
     step runs on frames of the data config's size (the smaller patches and context of the demo fit every head)."""
     from vidclip.engine.demo import resolve_recipe
     from vidclip.objective import build_objective
@@ -68,8 +76,10 @@ def test_shipped_demo_recipes_build_and_train_one_step_with_the_demo_overrides()
     demo_cfg = vidclip.load_config(REPO / "configs" / "demo.yaml").demo
     recipes = {resolve_recipe(r, REPO / "configs") for r in [*demo_cfg.recipes, demo_cfg.backbone_from]}
     assert demo_cfg.backbone_steps and demo_cfg.backbone_from
+    backbone = resolve_recipe(demo_cfg.backbone_from, REPO / "configs")
     for recipe in sorted(recipes):
-        cfg = vidclip.load_config(recipe, list(demo_cfg.overrides))
+        finetune = [] if recipe == backbone else list(demo_cfg.finetune_overrides)
+        cfg = vidclip.load_config(recipe, list(demo_cfg.overrides) + finetune)
         model = vidclip.create_model(cfg.model).train()
         size, frames = cfg.data.image_size, cfg.data.num_frames
         batch = {"video": torch.randn(4, frames, 3, size, size), "video_mask": torch.ones(4, frames, dtype=torch.bool),

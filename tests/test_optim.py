@@ -182,3 +182,47 @@ def test_clamp_logit_scale():
         model.logit_scale.fill_(-1.0)
     clamp_logit_scale(model, 100.0)
     assert model.logit_scale.item() == 0.0
+
+
+@pytest.mark.parametrize("towers", [["text"], ["visual"], ["text", "visual"]])
+def test_freeze_towers_freezes_exactly_open_clip_towers(towers):
+    """``train.freeze_towers`` freezes every parameter of the named open_clip towers and nothing else: the prompt
+    cube inside the visual tower, the temporal module, the head and the logit scale keep training."""
+    import vidclip
+    from vidclip.engine.optim import freeze_towers
+    from vidclip.models.factory import build_clip
+
+    model = vidclip.create_model("tiny-prompt-switch")
+    clip_names = [name for name, _ in build_clip(model.cfg.clip).named_parameters()]  # open_clip's own names
+    expected = set()
+    if "visual" in towers:
+        expected |= {"frame_encoder." + n for n in clip_names if n.startswith("visual.")}
+    if "text" in towers:
+        expected |= {"text_encoder." + n for n in clip_names if not n.startswith("visual.") and n != "logit_scale"}
+    frozen = set(freeze_towers(model, towers))
+    assert frozen == expected and frozen
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable.isdisjoint(frozen) and "logit_scale" in trainable
+    assert any("prompt" in name for name in trainable)  # the prompt cube is a new module, never frozen
+
+    optimizer = create_optimizer(model, _train_cfg(lr=1e-2, clip_lr=1e-2))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    from vidclip.tokenizer import tokenize
+
+    batch = {"video": torch.randn(2, 4, 3, 32, 32), "video_mask": torch.ones(2, 4, dtype=torch.bool),
+             "text_tokens": tokenize(["a red circle moves left", "a blue square grows"], model.cfg.context_length)}
+    model(batch)["logits"].logsumexp(dim=1).sum().backward()
+    optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed.isdisjoint(frozen) and changed  # frozen towers untouched, the rest trains
+
+
+def test_freeze_towers_refuses_an_unknown_tower():
+    from vidclip.config import load_config
+    from vidclip.engine.optim import freeze_towers
+    from vidclip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.freeze_towers.*text"):
+        load_config("configs/synthetic_tiny_vifi.yaml", ["train.freeze_towers=[txt]"])
+    with pytest.raises(ValueError, match="unknown tower"):
+        freeze_towers(TinyModel(), ["audio"])

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .constants import CLIP_TOWERS
 from .errors import ConfigError
 from .io import atomic_write_text
 from .registry import HEADS, POSTPROCESSORS, READERS, SAMPLERS, TEMPORAL, Registry
@@ -159,6 +160,7 @@ class TrainCfg:
     mixed_precision: str = "no"  # no | fp16 | bf16 (through accelerate)
     freeze_layers: int = -1  # freeze CLIP embeddings and the first N visual/text blocks (-1: freeze nothing)
     freeze_conv1: bool = False  # freeze only the visual patch embedding conv1 (GLSCL)
+    freeze_towers: List[str] = field(default_factory=list)  # CLIP towers frozen whole: text, visual (prompts train)
     val_every: int = 0  # validate every N optimiser steps (0: at the end of every epoch)
     save_every: int = 0  # checkpoint every N optimiser steps (0: at the end of every epoch)
     log_every: int = 10  # throughput line every N optimiser steps
@@ -212,6 +214,9 @@ class DemoCfg:
     # None: every recipe from scratch
     backbone_from: Optional[str] = None
     backbone_steps: Optional[int] = None  # optimiser steps of the backbone run (None: demo.steps)
+    # key=value applied (after demo.overrides) to the recipes that start from the backbone's towers, not to the
+    # backbone run itself: how pretrained towers are fine-tuned (e.g. a lower train.clip_lr)
+    finetune_overrides: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -466,6 +471,21 @@ def _check_choice(cfg: DictConfig, dotted: str, choices: Sequence[str]) -> None:
         raise ConfigError(f"invalid value '{value}' for config key '{dotted}'. Valid choices: {', '.join(choices)}")
 
 
+# List keys whose every element comes from a closed set.
+LIST_CHOICES: Dict[str, Sequence[str]] = {
+    "train.freeze_towers": tuple(CLIP_TOWERS),
+}
+
+
+def _check_list_choices(cfg: DictConfig) -> None:
+    for dotted, choices in LIST_CHOICES.items():
+        values = list(OmegaConf.select(cfg, dotted) or [])
+        unknown = [value for value in values if value not in choices]
+        if unknown:
+            raise ConfigError(f"invalid value(s) {unknown} in config key '{dotted}'. Valid elements: "
+                              f"{', '.join(choices)} (e.g. {dotted}=[{choices[0]}])")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check closed choices and impossible combinations before any work starts."""
     for dotted in [*CHOICES, *REGISTRY_KEYS]:
@@ -477,6 +497,7 @@ def validate_config(cfg: DictConfig) -> None:
     if data.num_frames < 1:
         raise ConfigError(f"data.num_frames={data.num_frames} must be at least 1")
     _check_counts(cfg)
+    _check_list_choices(cfg)
     if data.decode_device != "cpu" and not READERS.info(data.reader_backend, "gpu_decode", False):
         raise ConfigError(f"data.decode_device={data.decode_device} needs data.reader_backend set to one of "
                           f"{', '.join(READERS.names(gpu_decode=True))} (got {data.reader_backend})")

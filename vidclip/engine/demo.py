@@ -4,7 +4,8 @@
    ``demo.data_dir`` points at lists, and with ``demo.frame_cache`` decodes every clip once into
    ``<out_dir>/frame_cache`` (the recipes' ``data.frame_cache``; ``demo.workers`` DataLoader workers);
 2. with ``demo.backbone_from``, trains that recipe first on its own for ``demo.backbone_steps`` (the tiny towers'
-   "pretraining") and exports its CLIP towers, which then start every recipe (``model.pretrained``);
+   "pretraining") and exports its CLIP towers, which then start every recipe (``model.pretrained``, plus
+   ``demo.finetune_overrides``: how the recipes fine-tune those towers);
    then trains every recipe in ``demo.recipes`` with the same training function ``tools/train.py`` runs (recipe
    paths: as given, else next to the demo config, else among the packaged configs, see :func:`resolve_recipe`);
 3. evaluates each on the test split with the real metrics, plus accuracy on the motion-direction queries that need
@@ -197,8 +198,8 @@ def results_table(reports: Dict[str, Dict[str, Any]]) -> str:
 
 
 def train_backbone(demo: DictConfig, data_dir: Path, config_dir: Optional[Path]) -> List[str]:
-    """Train ``demo.backbone_from`` for ``demo.backbone_steps`` and export its CLIP towers; returns the override that
-    starts a recipe from them (empty without a backbone)."""
+    """Train ``demo.backbone_from`` for ``demo.backbone_steps`` and export its CLIP towers; returns the overrides that
+    start a recipe from them (``model.pretrained`` and ``demo.finetune_overrides``; empty without a backbone)."""
     from .checkpoint import find_latest
     from .train import train
 
@@ -216,7 +217,7 @@ def train_backbone(demo: DictConfig, data_dir: Path, config_dir: Optional[Path])
     checkpoint = str(find_latest(cfg.train.output_dir))
     path = export_clip_weights(recipe, overrides, checkpoint, Path(demo.out_dir) / "backbone" / f"{name}.safetensors")
     _logger.info("CLIP towers of %s -> %s: every recipe starts from them", name, path)
-    return [f"model.pretrained={path}"]
+    return [f"model.pretrained={path}", *demo.finetune_overrides]
 
 
 def run_demo(cfg: DictConfig, config_dir: Optional[Path] = None) -> Dict[str, Any]:

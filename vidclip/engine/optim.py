@@ -19,6 +19,8 @@
 * Freezing (``train.freeze_layers = N >= 0``, CLIP4Clip's ``freeze_layer_num``): the patch/token embeddings, conv1,
   class and positional embeddings, ``ln_pre`` and residual blocks ``0..N-1`` of both towers are frozen.
   ``train.freeze_conv1`` freezes only the visual patch embedding (GLSCL's ``requires_grad = False`` on conv1).
+  ``train.freeze_towers`` freezes whole CLIP towers by name (``text``, ``visual``; prompts stay trainable), e.g. a
+  locked text tower while new video modules learn to match it.
 * Optimiser (``train.optimizer``): ``adamw`` (default, ``torch.optim.AdamW``) or ``bertadam``, the BERT Adam of
   CLIP4Clip / GLSCL / UCoFiA (:class:`BertAdam`): no bias correction, each gradient tensor clipped to norm
   ``train.per_tensor_clip`` inside the step (after the global ``train.grad_clip``), decay ``lr * wd * w`` added to
@@ -40,9 +42,11 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..constants import CLIP_TOWERS
+
 _logger = logging.getLogger(__name__)
 
-BACKBONE_PREFIXES = ("frame_encoder.visual.", "text_encoder.")
+BACKBONE_PREFIXES = tuple(CLIP_TOWERS.values())
 NO_DECAY_KEYWORDS = ("embedding", "logit_scale", "prompt", "bias", "ln_", "norm")
 FROZEN_STEM_KEYWORDS = ("token_embedding", "positional_embedding", "class_embedding", "conv1", "ln_pre")
 _BLOCK_RE = re.compile(r"resblocks\.(\d+)\.")
@@ -175,7 +179,8 @@ def create_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
     groups = param_groups(model, train_cfg.lr, train_cfg.clip_lr, train_cfg.weight_decay,
                           scheme=getattr(train_cfg, "param_groups", "vidclip"))
     if not groups:
-        raise ValueError("no trainable parameters: check train.freeze_layers / train.freeze_conv1 and the model")
+        raise ValueError("no trainable parameters: check train.freeze_layers / train.freeze_conv1 / "
+                         "train.freeze_towers and the model")
     betas = tuple(float(b) for b in train_cfg.betas)
     kind = getattr(train_cfg, "optimizer", "adamw")
     if kind == "bertadam":
@@ -264,6 +269,24 @@ def freeze_conv1(model: nn.Module) -> list[str]:
     if not frozen:
         raise ValueError("train.freeze_conv1: the model has no visual conv1 parameter to freeze")
     _logger.info("froze the visual patch embedding: %s", ", ".join(frozen))
+    return frozen
+
+
+def freeze_towers(model: nn.Module, towers: Sequence[str]) -> list[str]:
+    """Freeze whole CLIP towers (``constants.CLIP_TOWERS`` names: ``text``, ``visual``); returns the frozen names.
+
+    Prompt-cube parameters inside the visual tower and every new module (temporal, head, logit scale) stay trainable.
+    """
+    unknown = [tower for tower in towers if tower not in CLIP_TOWERS]
+    if unknown:
+        raise ValueError(f"train.freeze_towers: unknown tower(s) {unknown}; valid: {', '.join(CLIP_TOWERS)}")
+    prefixes = tuple(CLIP_TOWERS[tower] for tower in towers)
+    frozen = [name for name, _ in model.named_parameters() if is_backbone(name) and name.startswith(prefixes)]
+    params = dict(model.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    if towers:
+        _logger.info("froze the CLIP %s tower(s): %d tensors", " and ".join(towers), len(frozen))
     return frozen
 
 

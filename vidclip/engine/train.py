@@ -58,6 +58,7 @@ from .optim import (
     current_lrs,
     freeze_backbone_layers,
     freeze_conv1,
+    freeze_towers,
 )
 
 _logger = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ class Trainer:
         freeze_backbone_layers(model, cfg.train.freeze_layers)
         if cfg.train.freeze_conv1:
             freeze_conv1(model)
+        freeze_towers(model, list(cfg.train.freeze_towers))
         optimizer = create_optimizer(model, cfg.train)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
         self.batches_per_epoch = len(self.loader)
