@@ -239,6 +239,16 @@ def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_
     return LambdaLR(optimizer, lambda step: warmup_cosine(step, horizon, warmup_steps, min_lr_ratio))
 
 
+def _freeze_backbone_where(model: nn.Module, selected) -> list[str]:
+    """Set ``requires_grad=False`` on the backbone parameters whose name ``selected`` accepts; returns their names."""
+    frozen = []
+    for name, param in model.named_parameters():
+        if is_backbone(name) and selected(name):
+            param.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 def freeze_backbone_layers(model: nn.Module, num_layers: int) -> list[str]:
     """Freeze the CLIP stem and the first ``num_layers`` blocks of both towers; returns the frozen names.
 
@@ -246,26 +256,21 @@ def freeze_backbone_layers(model: nn.Module, num_layers: int) -> list[str]:
     """
     if num_layers < 0:
         return []
-    frozen = []
-    for name, param in model.named_parameters():
-        if not is_backbone(name):
-            continue
+
+    def in_frozen_part(name: str) -> bool:
         block = _BLOCK_RE.search(name)
-        in_frozen_block = block is not None and int(block.group(1)) < num_layers
-        in_stem = block is None and any(key in name for key in FROZEN_STEM_KEYWORDS)
-        if in_frozen_block or in_stem:
-            param.requires_grad_(False)
-            frozen.append(name)
+        if block is not None:
+            return int(block.group(1)) < num_layers
+        return any(key in name for key in FROZEN_STEM_KEYWORDS)
+
+    frozen = _freeze_backbone_where(model, in_frozen_part)
     _logger.info("froze %d CLIP tensors (stem + blocks < %d)", len(frozen), num_layers)
     return frozen
 
 
 def freeze_conv1(model: nn.Module) -> list[str]:
     """Freeze the visual patch embedding (``...visual.conv1.*``); returns the frozen names."""
-    frozen = [name for name, _ in model.named_parameters() if is_backbone(name) and ".visual.conv1." in f".{name}"]
-    params = dict(model.named_parameters())
-    for name in frozen:
-        params[name].requires_grad_(False)
+    frozen = _freeze_backbone_where(model, lambda name: ".visual.conv1." in f".{name}")
     if not frozen:
         raise ValueError("train.freeze_conv1: the model has no visual conv1 parameter to freeze")
     _logger.info("froze the visual patch embedding: %s", ", ".join(frozen))
@@ -281,10 +286,7 @@ def freeze_towers(model: nn.Module, towers: Sequence[str]) -> list[str]:
     if unknown:
         raise ValueError(f"train.freeze_towers: unknown tower(s) {unknown}; valid: {', '.join(CLIP_TOWERS)}")
     prefixes = tuple(CLIP_TOWERS[tower] for tower in towers)
-    frozen = [name for name, _ in model.named_parameters() if is_backbone(name) and name.startswith(prefixes)]
-    params = dict(model.named_parameters())
-    for name in frozen:
-        params[name].requires_grad_(False)
+    frozen = _freeze_backbone_where(model, lambda name: name.startswith(prefixes))
     if towers:
         _logger.info("froze the CLIP %s tower(s): %d tensors", " and ".join(towers), len(frozen))
     return frozen
